@@ -1,0 +1,42 @@
+"""Shared fixtures.  Real data is found through ``DIFFPOLICY_DATA`` (see
+``diffpolicy.paths``).  Where it is missing a test skips with the reason,
+except under CI (``CI=true``), where a missing data set fails the test:
+a skipped fidelity test proves nothing."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from diffpolicy import paths
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_data(path: Path, what: str) -> Path:
+    """Return ``path`` if it exists; else skip (locally) or fail (under CI)."""
+    if path.exists():
+        return path
+    msg = (f"{what} not found at {path} (set {paths.DATA_ENV_VAR} or "
+           f"{paths.FMNIST_ENV_VAR})")
+    if _under_ci():
+        pytest.fail(msg + "; CI=true, so a missing data set is a failure")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def pusht_zarr() -> Path:
+    """Path of the published Push-T demo store (read-only: copy before writing)."""
+    return require_data(paths.pusht_zarr_path(), "Push-T demos")
+
+
+@pytest.fixture(scope="session")
+def fmnist_root() -> Path:
+    """Folder holding the Fashion-MNIST IDX files."""
+    d = paths.fmnist_dir()
+    return require_data(d / "train-images-idx3-ubyte.gz"
+                        if (d / "train-images-idx3-ubyte.gz").exists()
+                        else d / "train-images-idx3-ubyte", "Fashion-MNIST").parent
