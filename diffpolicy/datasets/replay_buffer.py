@@ -391,9 +391,7 @@ class ReplayBuffer:
                 self._create_arrays(ep)
             for key in sorted(ep):
                 self._write_key(key, n, ep[key])
-            ends_arr = self._root["meta/episode_ends"]
-            ends_arr.resize((k + 1,))
-            ends_arr[k] = n + T
+            self._write_end(k, n + T)
         except BaseException:
             self._rollback(n, k)
             raise
@@ -417,6 +415,12 @@ class ReplayBuffer:
         arr = self._arrays[key]
         arr.resize((start + len(values),) + tuple(arr.shape[1:]))
         arr[start:start + len(values)] = values
+
+    def _write_end(self, i: int, end: int) -> None:
+        """Commit episode ``i`` by writing its end into ``meta/episode_ends``."""
+        ends_arr = self._root["meta/episode_ends"]
+        ends_arr.resize((i + 1,))
+        ends_arr[i] = end
 
     def _rollback(self, n_steps: int, n_episodes: int) -> None:
         """Shrink every array back to ``n_steps`` / ``n_episodes`` and clear the pending record."""
