@@ -1,0 +1,1 @@
+"""Thin Hydra entry points: ``diffpolicy-train`` and ``diffpolicy-eval`` (no logic here)."""

@@ -1,0 +1,1 @@
+"""Closed-loop evaluation: batched rollouts, metrics with 95 % CIs, latency, videos."""

@@ -1,0 +1,191 @@
+"""DiffusionPolicy: observation encoder + ConditionalUnet1D, trained to predict noise.
+
+Shapes (B batch, To observation steps, H horizon, Ta executed actions, Da = 2)::
+
+    obs        {"obs": (B, To, Do)}                                  low-dim
+               {"image": (B, To, 3, 96, 96) in [0, 1], "agent_pos": (B, To, 2)}   image
+    action     (B, H, Da)   world units (pixels)
+
+Training (:meth:`compute_loss`): normalise to [-1, 1], encode the first ``To``
+observation steps into a global condition ``(B, To * F)``, draw a diffusion
+step ``k ~ U{0 .. N-1}`` and noise ``eps`` per sample, and regress
+``unet(sqrt(abar_k) a + sqrt(1 - abar_k) eps, k, cond)`` onto ``eps`` (MSE).
+
+Inference (:meth:`predict_action`): denoise ``(B, H, Da)`` from pure noise with
+DDPM or DDIM over ``num_inference_steps``, un-normalise, and return the
+``Ta`` actions that start at the current step: a window whose first
+observation is step ``t - To + 1`` predicts actions ``t - To + 1 .. t - To + H``,
+so the receding horizon executes entries ``To - 1 .. To + Ta - 2``
+(the reference's ``start = To - 1``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from diffpolicy.datasets.normalizer import LinearNormalizer
+from diffpolicy.diffusion.schedule import NoiseSchedule
+from diffpolicy.diffusion.unet1d import ConditionalUnet1D
+from diffpolicy.policy.encoders import ImageEncoder, LowDimEncoder
+
+OBS_TYPES = ("lowdim", "image")
+SAMPLERS = ("ddpm", "ddim")
+
+
+@dataclass
+class PolicyConfig:
+    """Everything needed to rebuild a policy (saved in every checkpoint)."""
+
+    obs_type: str = "lowdim"            # "lowdim" (keypoints / state) or "image"
+    obs_dim: int = 20                   # low-dim observation size (keypoints 20, state 5)
+    action_dim: int = 2
+    image_shape: tuple[int, int, int] = (3, 96, 96)
+    agent_pos_dim: int = 2
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    down_dims: tuple[int, ...] = (256, 512, 1024)
+    step_embed_dim: int = 256
+    kernel_size: int = 5
+    n_groups: int = 8
+    num_train_timesteps: int = 100
+    beta_schedule: str = "cosine"       # diffusers' squaredcos_cap_v2
+    sampler: str = "ddim"
+    num_inference_steps: int = 10
+    clip_sample: bool = True
+    crop_shape: tuple[int, int] = (84, 84)
+    num_keypoints: int = 32
+    image_feature_dim: int = 64
+    fast_unet: bool = True
+
+    def __post_init__(self) -> None:
+        if self.obs_type not in OBS_TYPES:
+            raise ValueError(f"policy.obs_type must be one of {OBS_TYPES}, got {self.obs_type!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"policy.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.n_obs_steps < 1 or self.n_action_steps < 1:
+            raise ValueError(f"policy: n_obs_steps and n_action_steps must be >= 1, got "
+                             f"{self.n_obs_steps} and {self.n_action_steps}")
+        if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
+            raise ValueError(f"policy: n_obs_steps - 1 + n_action_steps "
+                             f"({self.n_obs_steps - 1 + self.n_action_steps}) must not exceed "
+                             f"horizon ({self.horizon})")
+        if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
+            raise ValueError(f"policy.num_inference_steps must be in [1, "
+                             f"{self.num_train_timesteps}], got {self.num_inference_steps}")
+        self.down_dims = tuple(int(d) for d in self.down_dims)
+        self.image_shape = tuple(int(d) for d in self.image_shape)
+        self.crop_shape = tuple(int(d) for d in self.crop_shape)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+class DiffusionPolicy(nn.Module):
+    """Conditional denoiser over action sequences; see the module docstring.
+
+    ``forward(batch)`` is :meth:`compute_loss` so that DDP can wrap the policy.
+    """
+
+    def __init__(self, config: PolicyConfig, normalizer: LinearNormalizer | None = None):
+        super().__init__()
+        self.config = cfg = config
+        if cfg.obs_type == "lowdim":
+            self.obs_encoder: nn.Module = LowDimEncoder(cfg.obs_dim)
+            norm_keys = {"obs", "action"}
+        else:
+            self.obs_encoder = ImageEncoder(cfg.crop_shape, cfg.num_keypoints,
+                                            cfg.image_feature_dim, cfg.agent_pos_dim)
+            norm_keys = {"image", "agent_pos", "action"}
+        # An empty normaliser is filled by load_state_dict (checkpoints carry the fitted one).
+        self.normalizer = normalizer if normalizer is not None else LinearNormalizer()
+        if normalizer is not None and not norm_keys <= set(normalizer.keys):
+            raise ValueError(f"DiffusionPolicy: the normaliser has keys {sorted(normalizer.keys)}, "
+                             f"obs_type={cfg.obs_type!r} needs {sorted(norm_keys)}")
+        self.global_cond_dim = cfg.n_obs_steps * self.obs_encoder.feature_dim
+        self.unet = ConditionalUnet1D(cfg.action_dim, self.global_cond_dim, cfg.down_dims,
+                                      cfg.step_embed_dim, cfg.kernel_size, cfg.n_groups,
+                                      fast=cfg.fast_unet)
+        self.schedule = NoiseSchedule(cfg.beta_schedule, cfg.num_train_timesteps)
+        self.register_buffer("alpha_bar", self.schedule.alpha_bar.float(), persistent=False)
+
+    # ----------------------------------------------------------------- helpers
+    def _normalize_obs(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """World-unit observations ``(B, T, ...)`` -> normalised, first ``To`` steps only."""
+        to = self.config.n_obs_steps
+        if self.config.obs_type == "lowdim":
+            x = obs["obs"]
+            if x.dim() != 3 or x.shape[1] < to or x.shape[-1] != self.config.obs_dim:
+                raise ValueError(f"DiffusionPolicy: obs['obs'] must have shape "
+                                 f"(B, >= {to}, {self.config.obs_dim}), got {tuple(x.shape)}")
+            return {"obs": self.normalizer.normalize("obs", x[:, :to].float())}
+        image, pos = obs["image"], obs["agent_pos"]
+        if image.dim() != 5 or image.shape[1] < to or tuple(image.shape[2:]) != self.config.image_shape:
+            raise ValueError(f"DiffusionPolicy: obs['image'] must have shape "
+                             f"(B, >= {to}, {', '.join(map(str, self.config.image_shape))}), "
+                             f"got {tuple(image.shape)}")
+        image = image[:, :to]
+        image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        return {"image": self.normalizer.normalize("image", image),
+                "agent_pos": self.normalizer.normalize("agent_pos", pos[:, :to].float())}
+
+    def global_condition(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """World-unit observations -> flattened features ``(B, To * F)``."""
+        feats = self.obs_encoder(self._normalize_obs(obs))
+        return feats.reshape(feats.shape[0], -1)
+
+    # ---------------------------------------------------------------- training
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Epsilon-prediction MSE on ``batch = {"obs": ..., "action": (B, H, Da)}`` (world units).
+
+        ``generator`` (optional) draws the noise and diffusion steps, e.g. for a
+        validation loss that is comparable across training steps.
+        """
+        action = batch["action"]
+        if action.dim() != 3 or action.shape[1:] != (self.config.horizon, self.config.action_dim):
+            raise ValueError(f"DiffusionPolicy: batch['action'] must have shape "
+                             f"(B, {self.config.horizon}, {self.config.action_dim}), "
+                             f"got {tuple(action.shape)}")
+        obs = batch["obs"] if isinstance(batch["obs"], dict) else {"obs": batch["obs"]}
+        cond = self.global_condition(obs)
+        x0 = self.normalizer.normalize("action", action.float())
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        k = torch.randint(0, self.config.num_train_timesteps, (x0.shape[0],), generator=generator,
+                          device=x0.device)
+        abar = self.alpha_bar[k].reshape(-1, 1, 1)
+        noisy = abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
+        return F.mse_loss(self.unet(noisy, k, cond), noise)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.compute_loss(batch)
+
+    # --------------------------------------------------------------- inference
+    @torch.no_grad()
+    def sample_actions(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+                       sampler: str | None = None, num_inference_steps: int | None = None
+                       ) -> torch.Tensor:
+        """The whole denoised sequence in world units: ``(B, H, Da)``."""
+        from diffpolicy.diffusion.sampling import sample  # noqa: PLC0415 (core module)
+
+        cfg = self.config
+        cond = self.global_condition(obs)
+        shape = (cond.shape[0], cfg.horizon, cfg.action_dim)
+        x = sample(self.unet, self.schedule, shape, cond, method=sampler or cfg.sampler,
+                   num_inference_steps=num_inference_steps or cfg.num_inference_steps,
+                   clip_sample=cfg.clip_sample, generator=generator)
+        return self.normalizer.unnormalize("action", x)
+
+    @torch.no_grad()
+    def predict_action(self, obs: dict[str, torch.Tensor] | torch.Tensor,
+                       generator: torch.Generator | None = None, sampler: str | None = None,
+                       num_inference_steps: int | None = None) -> torch.Tensor:
+        """Observation history (last ``To`` steps, world units) -> ``(B, Ta, Da)`` actions to execute."""
+        if isinstance(obs, torch.Tensor):
+            obs = {"obs": obs}
+        seq = self.sample_actions(obs, generator, sampler, num_inference_steps)
+        start = self.config.n_obs_steps - 1
+        return seq[:, start:start + self.config.n_action_steps]

@@ -1,0 +1,131 @@
+"""The run configuration: plain dataclasses, and checks that stop bad input early.
+
+Hydra composes ``diffpolicy/configs/train.yaml`` (task, policy, training
+groups); :func:`check_train_config` then rejects unknown keys and bad values
+with one message naming the key, before any data is read or a step is taken.
+Everything here also works without Hydra (pass a plain dict).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from diffpolicy.policy.diffusion_policy import PolicyConfig
+
+TASK_OBS_TYPES = ("keypoints", "state", "image")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, missing, or has a bad value."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "pusht_keypoints"
+    obs_type: str = "keypoints"
+    obs_dim: int = 20
+    action_dim: int = 2
+    dataset_path: str | None = None
+    val_ratio: float = 0.02
+    split_seed: int = 42
+    max_train_episodes: int | None = None
+
+
+@dataclass
+class TrainingConfig:
+    name: str = "demo"
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    adam_betas: tuple[float, float] = (0.95, 0.999)
+    warmup_steps: int = 500
+    max_steps: int | None = 5000
+    max_epochs: int | None = None
+    max_minutes: float | None = None
+    grad_clip: float | None = None
+    ema_power: float = 0.75
+    ema_max: float = 0.9999
+    log_every: int = 50
+    val_every: int = 1000
+    eval_every: int = 0
+    eval_episodes: int = 10
+    eval_seed_start: int = 200000
+    checkpoint_every: int = 500
+    keep_best: int = 3
+    num_threads: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    policy: dict = field(default_factory=dict)      # PolicyConfig fields plus "name"
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    seed: int = 0
+    device: str = "auto"
+    run_dir: str = "runs/default"
+    resume: bool = False
+
+
+_TOP_KEYS = {f.name for f in fields(TrainConfig)} | {"hydra"}
+# Policy keys set in policy/*.yaml; obs_type/obs_dim/action_dim come from the task.
+_POLICY_KEYS = ({f.name for f in fields(PolicyConfig)}
+                - {"obs_type", "obs_dim", "action_dim", "image_shape", "agent_pos_dim"}) | {"name"}
+
+
+def _check_keys(section: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown config key {where + '.' if where else ''}{unknown[0]} "
+                          f"(known keys{' in ' + where if where else ''}: {', '.join(sorted(allowed))})")
+
+
+def _build(cls, section: Mapping[str, Any], where: str):
+    _check_keys(section, {f.name for f in fields(cls)}, where)
+    return cls(**dict(section))
+
+
+def check_train_config(cfg: Mapping[str, Any]) -> TrainConfig:
+    """Validate a composed training config (plain dict) and return it typed.
+
+    Raises :class:`ConfigError` naming the first unknown key or bad value.
+    """
+    _check_keys(cfg, _TOP_KEYS, "")
+    for name in ("task", "policy", "training"):
+        if not isinstance(cfg.get(name), Mapping):
+            raise ConfigError(f"config key {name!r} is missing or not a group "
+                              f"(pick one, e.g. {name}=<file in diffpolicy/configs/{name}/>)")
+    task = _build(TaskConfig, cfg["task"], "task")
+    training = _build(TrainingConfig, cfg["training"], "training")
+    _check_keys(cfg["policy"], _POLICY_KEYS, "policy")
+    run = TrainConfig(task=task, policy=dict(cfg["policy"]), training=training,
+                      **{k: cfg[k] for k in ("seed", "device", "run_dir", "resume") if k in cfg})
+    if task.obs_type not in TASK_OBS_TYPES:
+        raise ConfigError(f"task.obs_type must be one of {TASK_OBS_TYPES}, got {task.obs_type!r}")
+    t = training
+    if (t.max_steps is None) == (t.max_epochs is None):
+        raise ConfigError(f"set exactly one of training.max_steps and training.max_epochs "
+                          f"(got max_steps={t.max_steps}, max_epochs={t.max_epochs})")
+    for key in ("batch_size", "checkpoint_every", "log_every"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"training.{key} must be >= 1, got {getattr(t, key)}")
+    for key in ("max_steps", "max_epochs"):
+        if getattr(t, key) is not None and getattr(t, key) < 1:
+            raise ConfigError(f"training.{key} must be >= 1, got {getattr(t, key)}")
+    if t.lr <= 0:
+        raise ConfigError(f"training.lr must be > 0, got {t.lr}")
+    if t.eval_every and t.eval_episodes < 1:
+        raise ConfigError(f"training.eval_episodes must be >= 1 when eval_every > 0, got {t.eval_episodes}")
+    policy_config(run)  # value checks of the policy section
+    return run
+
+
+def policy_config(run: TrainConfig) -> PolicyConfig:
+    """The :class:`PolicyConfig` of a run: the policy group plus the task's dimensions."""
+    p = {k: v for k, v in run.policy.items() if k != "name"}
+    image = run.task.obs_type == "image"
+    try:
+        return PolicyConfig(obs_type="image" if image else "lowdim",
+                            obs_dim=run.task.obs_dim, action_dim=run.task.action_dim,
+                            agent_pos_dim=2, **p)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad policy config: {exc}") from exc

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from diffpolicy.policy import checkpoint as ck
+from diffpolicy.policy.checkpoint import CheckpointDir, CheckpointError, atomic_save, load_checkpoint
+
+
+def _ckpt(task="pusht_keypoints", step=1):
+    return {"format": ck.FORMAT, "task": task, "step": step, "w": torch.arange(3)}
+
+
+def test_atomic_save_keeps_old_file_when_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pt"
+    atomic_save(_ckpt(step=1), path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ck.torch, "save", broken_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_save(_ckpt(step=2), path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1                 # old checkpoint intact
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]   # no temp file left
+
+
+def test_keeps_best_k(tmp_path):
+    d = CheckpointDir(tmp_path, keep_best=2)
+    for step, score in [(10, 0.5), (20, 0.9), (30, 0.7), (40, 0.8), (50, 0.1)]:
+        d.save_best(_ckpt(step=step), score, step)
+    assert [(s, st) for s, st, _ in d.best()] == [(0.9, 20), (0.8, 40)]
+    assert len(list(tmp_path.iterdir())) == 2
+    assert load_checkpoint(d.best()[0][2])["step"] == 20
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found: .*missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a diffpolicy checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    atomic_save(_ckpt(task="pusht_image"), tmp_path / "img.pt")
+    with pytest.raises(CheckpointError, match="trained on task 'pusht_image', but task 'pusht_keypoints'"):
+        load_checkpoint(tmp_path / "img.pt", task="pusht_keypoints")
+
+
+def test_rng_state_round_trip():
+    state = ck.rng_state()
+    a = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    ck.set_rng_state(state)
+    b = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
