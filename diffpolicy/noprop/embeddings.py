@@ -1,0 +1,68 @@
+"""Class embeddings ``W_embed (K, d)`` for NoProp: one-hot, learned, or prototype.
+
+* ``one_hot``: ``W = I_K`` (``d = K``), fixed.
+* ``learned``: ``d = 20`` by default, orthogonal initialisation (rows orthonormal
+  when ``K <= d``), trained jointly with the blocks and the head.
+* ``prototype``: each row is an image-space medoid of its class (the training
+  image with the smallest summed distance to the others of its class), flattened
+  (``d = C*H*W``); trained jointly unless ``trainable=False``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+KINDS = ("one_hot", "learned", "prototype")
+
+
+def class_medoids(images: torch.Tensor, labels: torch.Tensor, n_classes: int,
+                  max_per_class: int = 1000, seed: int = 0) -> torch.Tensor:
+    """Medoid of each class: ``images (N, ...)``, ``labels (N,)`` -> ``(K, prod(...))``.
+
+    At most ``max_per_class`` images per class (a seeded random subset) keep the
+    pairwise-distance cost bounded.
+    """
+    g = torch.Generator().manual_seed(seed)
+    flat = images.reshape(len(images), -1).float()
+    rows = []
+    for k in range(n_classes):
+        idx = (labels == k).nonzero().flatten()
+        if len(idx) == 0:
+            raise ValueError(f"class {k} has no images; cannot build its prototype")
+        idx = idx[torch.randperm(len(idx), generator=g)[:max_per_class]]
+        cls = flat[idx]
+        rows.append(cls[torch.cdist(cls, cls).sum(1).argmin()])
+    return torch.stack(rows)
+
+
+class LabelEmbedding(nn.Module):
+    """``forward(y (B,)) -> u_y (B, d)``; ``weight`` is ``W_embed (K, d)``."""
+
+    def __init__(self, kind: str, n_classes: int, dim: int = 20,
+                 prototypes: torch.Tensor | None = None, trainable: bool | None = None):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown label embedding {kind!r}; expected one of {KINDS}")
+        self.kind, self.n_classes = kind, n_classes
+        if kind == "one_hot":
+            w = torch.eye(n_classes)
+            trainable = False if trainable is None else trainable
+        elif kind == "learned":
+            w = nn.init.orthogonal_(torch.empty(n_classes, dim))
+            trainable = True if trainable is None else trainable
+        else:
+            if prototypes is None:
+                raise ValueError("prototype embedding needs prototypes (K, d); "
+                                 "build them with class_medoids(train_x, train_y, K)")
+            w = prototypes.reshape(n_classes, -1).float().clone()
+            if w.shape[0] != n_classes:
+                raise ValueError(f"prototypes: expected {n_classes} rows, found {w.shape[0]}")
+            trainable = True if trainable is None else trainable
+        if trainable:
+            self.weight = nn.Parameter(w)
+        else:
+            self.register_buffer("weight", w)
+        self.dim = w.shape[1]
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.weight[y]

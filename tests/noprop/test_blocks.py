@@ -1,0 +1,64 @@
+"""The fused T-block network equals T separate paper blocks; ResNet backbones fit 28x28x1."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffpolicy.noprop.blocks import PaperBlock, StackedPaperBlocks, resnet_backbone
+
+
+def _blocks(n=3, d=6, k=4, dropout=0.0):
+    torch.manual_seed(0)
+    return [PaperBlock(d, k, dropout=dropout) for _ in range(n)]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_stacked_blocks_match_separate_blocks(training):
+    blocks = _blocks()
+    for b in blocks:   # non-trivial BN statistics for eval mode
+        b.train()(torch.randn(8, 1, 28, 28), torch.randn(8, 6))
+    stack = StackedPaperBlocks.from_blocks(blocks)
+    stack.train(training)
+    for b in blocks:
+        b.train(training)
+    x, z = torch.randn(8, 1, 28, 28), torch.randn(3, 8, 6)
+    ref = torch.stack([b(x, z[i]) for i, b in enumerate(blocks)])
+    torch.testing.assert_close(stack(x, z), ref, atol=1e-4, rtol=1e-4)
+    # a slice of the stack computes exactly those blocks
+    sub = stack.from_features(stack.image_features(x, slice(1, 3)), z[1:3], slice(1, 3))
+    torch.testing.assert_close(sub, ref[1:3], atol=1e-4, rtol=1e-4)
+
+
+def test_to_block_select_and_merge_round_trip():
+    blocks = _blocks()
+    stack = StackedPaperBlocks.from_blocks(blocks).eval()
+    x, z = torch.randn(4, 1, 28, 28), torch.randn(3, 4, 6)
+    ref = stack(x, z)
+    torch.testing.assert_close(stack.to_block(2).eval()(x, z[2]), ref[2])
+    merged = StackedPaperBlocks.merge([stack.select([0]), stack.select([1, 2])]).eval()
+    torch.testing.assert_close(merged(x, z), ref)
+
+
+def test_stacked_init_is_independent_per_block():
+    stack = StackedPaperBlocks(4, 6, 4)
+    w = stack.per_block(stack.conv3.weight)
+    assert w.shape[0] == 4 and not torch.equal(w[0], w[1])
+    # per-block std of the big FC follows nn.Linear's fan-in law
+    assert abs(float(stack.img_fc.weight[0].detach().std()) - (1 / 6272) ** 0.5 / 3 ** 0.5) < 1e-3
+
+
+@pytest.mark.parametrize("name,stem,dim", [("resnet18", "imagenet", 512), ("resnet18", "small", 512),
+                                           ("resnet50", "imagenet", 2048)])
+def test_resnet_backbones_take_one_channel_28px(name, stem, dim):
+    net, out_dim = resnet_backbone(name, 1, stem)
+    assert out_dim == dim
+    assert net.eval()(torch.randn(2, 1, 28, 28)).shape == (2, dim)
+    clf, k = resnet_backbone(name, 1, stem, n_outputs=10)
+    assert k == 10 and clf.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_bad_backbone_names_are_reported():
+    with pytest.raises(ValueError, match="unknown backbone 'resnet34'"):
+        resnet_backbone("resnet34")
+    with pytest.raises(ValueError, match="unknown ResNet stem 'huge'"):
+        resnet_backbone("resnet18", stem="huge")

@@ -1,0 +1,199 @@
+"""NoProp-DT: the equations, block locality, and the bugs found in public NoProp code."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+import torch
+
+from diffpolicy.diffusion.schedule import noprop_schedule
+from diffpolicy.noprop.dt import NoPropDT, posterior_coefficients
+from diffpolicy.noprop.embeddings import LabelEmbedding, class_medoids
+from diffpolicy.noprop.train import predict_all
+
+B, K = 16, 10
+IMG = 12          # small images: the properties tested do not depend on size
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return NoPropDT(n_classes=K, T=10, embedding="learned", embed_dim=20, dropout=0.0,
+                    image_size=IMG)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(B, 1, IMG, IMG, generator=g), torch.randint(0, K, (B,), generator=g)
+
+
+def test_q_zt_mean_uses_sqrt_alpha_bar(model):
+    """Mean sqrt(abar_t) u_y (not abar_t), variance 1 - abar_t."""
+    u = torch.full((40000, 20), 2.0)
+    t = torch.tensor([2, 5, 9])
+    z = model.sample_latents(u, t, torch.randn(3, 40000, u.shape[1]))
+    for i, ti in enumerate(t):
+        abar = model.alpha_bar[ti]
+        torch.testing.assert_close(z[i].mean(0), abar.sqrt() * u[0], atol=0.02, rtol=0)
+        assert abs(float(z[i].var(0).mean()) - float(1 - abar)) < 0.01
+        assert (z[i].mean(0) - abar * u[0]).abs().max() > 0.05     # abar would be wrong
+
+
+def test_snr_differences_positive_and_reversed_schedule_rejected(model):
+    assert (model.snr_diff > 0).all() and len(model.snr_diff) == model.T
+    s = noprop_schedule(10)
+    rev = dataclasses.replace(s, alpha_bar=s.alpha_bar.flip(0), snr=s.snr.flip(0),
+                              snr_diff=-s.snr_diff.flip(0))
+    with pytest.raises(ValueError, match=r"SNR\(t\) - SNR\(t-1\) must be > 0"):
+        NoPropDT(schedule=rev)
+
+
+def _block_grads(model, loss):
+    params = list(model.blocks.parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+    return [(model.blocks.per_block(g) if g is not None else None) for g in grads]
+
+
+def test_block_locality_in_fused_blocks(model, batch):
+    """Block t's loss reaches block t's parameters and no other block's; CE and KL reach none."""
+    x, y = batch
+    model.train()
+    losses = model.loss(x, y)
+    for t in range(model.T):
+        touched = set()
+        for g in _block_grads(model, losses["block"][t]):
+            if g is None:
+                continue
+            flat = g.reshape(model.T, -1).abs().sum(1)
+            touched |= set((flat > 0).nonzero().flatten().tolist())
+        assert touched == {t}, f"block {t + 1}'s loss reached blocks {sorted(touched)}"
+    for name in ("ce", "kl"):
+        grads = _block_grads(model, losses[name])
+        assert all(g is None or not g.any() for g in grads), f"{name} reached a block"
+
+
+def test_sum_of_losses_gives_each_block_only_its_own_gradient(model, batch):
+    """The fused backward of the summed loss equals per-block backward of each L_t."""
+    x, y = batch
+    model.train()
+    g_noise = torch.Generator()
+    losses = model.loss(x, y, generator=g_noise.manual_seed(5))
+    total = [g.clone() for g in _block_grads(model, losses["total"])]
+    for t in (0, 4, 9):
+        own = _block_grads(model, losses["block"][t])
+        for gt, go in zip(total, own):
+            if go is not None:
+                torch.testing.assert_close(gt[t], go[t], atol=1e-6, rtol=1e-5)
+
+
+def test_learned_embedding_gets_gradient_and_one_hot_is_fixed(batch):
+    x, y = batch
+    m = NoPropDT(embedding="learned", dropout=0.0, image_size=IMG)
+    m.loss(x, y)["total"].backward()
+    assert m.embed.weight.grad is not None and m.embed.weight.grad.abs().sum() > 0
+    # each shared term on its own reaches W_embed too
+    for name in ("ce", "kl"):
+        g, = torch.autograd.grad(m.loss(x, y)[name], m.embed.weight)
+        assert g.abs().sum() > 0, name
+    oh = NoPropDT(embedding="one_hot", dropout=0.0, image_size=IMG)
+    assert oh.embed.dim == 10 and not any(p is oh.embed.weight for p in oh.parameters())
+    torch.testing.assert_close(oh.embed.weight, torch.eye(10))
+
+
+def test_learned_embedding_is_orthogonal_at_init():
+    w = LabelEmbedding("learned", 10, 20).weight.detach()
+    torch.testing.assert_close(w @ w.T, torch.eye(10), atol=1e-5, rtol=0)
+
+
+def test_prototype_embedding_is_a_class_medoid():
+    torch.manual_seed(0)
+    imgs = torch.randn(30, 1, 4, 4)
+    labels = torch.arange(30) % 3
+    imgs[labels == 1] += 5.0
+    protos = class_medoids(imgs, labels, 3)
+    for k in range(3):
+        cls = imgs[labels == k].reshape(10, -1)
+        best = cls[torch.cdist(cls, cls).sum(1).argmin()]
+        torch.testing.assert_close(protos[k], best)
+    emb = LabelEmbedding("prototype", 3, prototypes=protos)
+    assert emb.dim == 16 and emb.weight.requires_grad
+    with pytest.raises(ValueError, match="prototype embedding needs prototypes"):
+        LabelEmbedding("prototype", 3)
+    with pytest.raises(ValueError, match="unknown label embedding 'onehot'"):
+        LabelEmbedding("onehot", 3)
+
+
+def test_head_cross_entropy_is_on_logits_of_a_noisy_z_T(model):
+    """CE of head(z_T), z_T ~ q(z_T | y); logits go in (no softmax first)."""
+    y = torch.tensor([0, 1, 2, 3])
+    u, eps = model.embed(y), torch.randn(4, model.embed.dim)
+    abar = model.alpha_bar[model.T]
+    manual = torch.nn.functional.cross_entropy(model.head(abar.sqrt() * u + (1 - abar).sqrt() * eps), y)
+    torch.testing.assert_close(model.head_loss(u, y, eps), manual)
+    # a confidently wrong head must cost far more than log(K): a double softmax caps CE near 3.2
+    wrong = NoPropDT(embedding="one_hot", dropout=0.0, image_size=IMG)
+    with torch.no_grad():
+        wrong.head.weight.copy_(50 * torch.eye(10).roll(1, 0))
+        wrong.head.bias.zero_()
+    ce = wrong.head_loss(wrong.embed(y), y, torch.zeros(4, 10))
+    assert ce > 10
+
+
+def test_inference_takes_no_labels_and_classifies_with_the_head(model, batch):
+    x, y = batch
+    assert [p for p in inspect.signature(model.predict).parameters] == ["x", "stochastic", "generator"]
+    assert "y" not in inspect.signature(predict_all).parameters
+    p1 = predict_all(model, x)
+    model.eval()
+    model.loss(x, (y + 3) % K)          # a poisoned label seen before inference changes nothing
+    assert torch.equal(predict_all(model, x), p1)
+    # the classifier is the head on z_T, not the denoiser: permuting the head permutes classes
+    logits = model.predict(x)
+    perm = torch.randperm(K, generator=torch.Generator().manual_seed(0))
+    saved = (model.head.weight.data.clone(), model.head.bias.data.clone())
+    with torch.no_grad():
+        model.head.weight.copy_(saved[0][perm])
+        model.head.bias.copy_(saved[1][perm])
+    try:
+        torch.testing.assert_close(model.predict(x), logits[:, perm])
+    finally:
+        with torch.no_grad():
+            model.head.weight.copy_(saved[0])
+            model.head.bias.copy_(saved[1])
+
+
+def test_deterministic_and_stochastic_inference(model, batch):
+    x, _ = batch
+    torch.testing.assert_close(model.predict(x), model.predict(x))
+    g = torch.Generator()
+    s1 = model.predict(x, stochastic=True, generator=g.manual_seed(0))
+    s2 = model.predict(x, stochastic=True, generator=g.manual_seed(0))
+    s3 = model.predict(x, stochastic=True, generator=g.manual_seed(1))
+    torch.testing.assert_close(s1, s2)
+    assert not torch.allclose(s1, s3)
+    model.train()                            # predict runs in eval mode, then restores the mode
+    model.predict(x)
+    assert model.training
+
+
+def test_posterior_coefficients_reproduce_the_shared_schedule():
+    s = noprop_schedule(10)
+    a, b, c = posterior_coefficients(s.alpha_bar[:-1], s.alpha_bar[1:])
+    torch.testing.assert_close(a, s.a[1:])
+    torch.testing.assert_close(b, s.b[1:])
+    torch.testing.assert_close(c, s.c[1:])
+
+
+def test_subset_and_merge_keep_the_model(model, batch):
+    x, _ = batch
+    model.eval()
+    parts = [model.subset([1, 2, 3, 4]), model.subset([5, 6, 7, 8, 9, 10])]
+    assert parts[0].blocks.n == 4 and parts[1].block_ids[0] == 5
+    with pytest.raises(RuntimeError, match="predict needs all 10 blocks"):
+        parts[0].predict(x)
+    merged = NoPropDT.merge(parts).eval()
+    torch.testing.assert_close(merged.predict(x), model.predict(x))
+    with pytest.raises(ValueError, match="block_ids must be contiguous"):
+        NoPropDT(block_ids=[1, 3])
