@@ -43,10 +43,12 @@ ENGAGE_RADIUS = 30.0  # px: the mouse takes over the agent once this close to it
 class EpisodeRecorder:
     """Frames of one episode, turned into the dataset's arrays by :meth:`to_episode`.
 
-    Call :meth:`record` with the env *before* applying each action.
+    Call :meth:`record` with the env *before* applying each action. With
+    ``images=False`` no image is rendered and ``img`` is left out.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, images: bool = True) -> None:
+        self.with_images = images
         self.states: list[np.ndarray] = []
         self.images: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
@@ -61,39 +63,44 @@ class EpisodeRecorder:
         if action.shape != (2,) or not np.all(np.isfinite(action)):
             raise ValueError(f"EpisodeRecorder.add: action must be 2 finite numbers, found {action.tolist()}")
         self.states.append(np.asarray(state, dtype=np.float64).copy())
-        self.images.append(np.asarray(image).copy())
+        if self.with_images:
+            self.images.append(np.asarray(image).copy())
         self.actions.append(action)
         self.contacts.append(int(n_contacts))
 
     def record(self, env: PushTEnv, action: Sequence[float]) -> None:
         """Snapshot ``env`` as observed now, paired with the ``action`` about to be applied."""
         base = env.unwrapped
-        self.add(base.state(), base.observation_image(), action, base.n_contacts)
+        image = base.observation_image() if self.with_images else None
+        self.add(base.state(), image, action, base.n_contacts)
 
     def to_episode(self) -> dict[str, np.ndarray]:
         """``{"state", "keypoint", "img", "action", "n_contacts"}`` arrays, all float32, length T."""
         if not self.actions:
             raise ValueError("EpisodeRecorder.to_episode: the episode has no frames")
         states = np.stack(self.states)
-        return {
+        episode = {
             "state": states.astype(np.float32),
             "keypoint": keypoints_from_state(states).astype(np.float32),
-            "img": np.stack(self.images).astype(np.float32),
+            "img": np.stack(self.images).astype(np.float32) if self.with_images else None,
             "action": np.stack(self.actions).astype(np.float32),
             "n_contacts": np.asarray(self.contacts, dtype=np.float32)[:, None],
         }
+        return {k: v for k, v in episode.items() if v is not None}
 
 
 def collect_episode(env: PushTEnv, actions: Iterable[Sequence[float]], seed: int | None = None,
-                    state: Sequence[float] | None = None, stop_on_success: bool = True) -> dict[str, np.ndarray]:
+                    state: Sequence[float] | None = None, stop_on_success: bool = True,
+                    images: bool = True) -> dict[str, np.ndarray]:
     """Reset ``env`` (``seed`` or explicit ``state``), apply ``actions`` and record the episode.
 
-    Returns the dataset-layout dict of :meth:`EpisodeRecorder.to_episode`.
-    Recording stops after the first step that reaches success when
-    ``stop_on_success`` (as the human demos did).
+    Returns the dataset-layout dict of :meth:`EpisodeRecorder.to_episode`
+    (without ``img`` when ``images=False``). Recording stops after the first
+    step that reaches success when ``stop_on_success`` (as the human demos did).
+    Replaying demo ``i``: ``collect_episode(env, actions_i, seed=i)``.
     """
     env.reset(seed=seed, options=None if state is None else {"state": list(state)})
-    recorder = EpisodeRecorder()
+    recorder = EpisodeRecorder(images=images)
     for action in actions:
         recorder.record(env, action)
         _, _, terminated, _, _ = env.step(np.asarray(action, dtype=np.float64))
