@@ -76,7 +76,7 @@ class StackedBatchNorm(nn.Module):
     """``n`` independent BatchNorm1d layers on ``(k, B, F)``; statistics over ``B``.
 
     Matches ``nn.BatchNorm1d`` (biased variance to normalise, unbiased in the
-    running estimate, momentum 0.1).  Computed in float32 even under autocast.
+    running estimate, momentum 0.1).  Half/bf16 inputs are normalised in float32.
     """
 
     def __init__(self, n: int, features: int, eps: float = 1e-5, momentum: float = 0.1):
@@ -88,7 +88,8 @@ class StackedBatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(n, features))
 
     def forward(self, x: torch.Tensor, sl: slice = slice(None)) -> torch.Tensor:
-        x = x.float()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
         if self.training:
             var, mean = torch.var_mean(x, dim=1, unbiased=False)
             with torch.no_grad():

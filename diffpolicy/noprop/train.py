@@ -193,7 +193,7 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimiz
                 sync(model)
             opt.step(sl)
             steps += 1
-            loss_sum += float(losses["total"])
+            loss_sum += losses["total"].item()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / steps:.3f}", refresh=False)

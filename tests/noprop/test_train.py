@@ -1,0 +1,148 @@
+"""Training: per-block AdamW, epoch plans, model selection, seeds, resume, parallel workers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffpolicy.noprop.backprop import BackpropDT
+from diffpolicy.noprop.blocks import StackedPaperBlocks
+from diffpolicy.noprop.dt import NoPropDT
+from diffpolicy.noprop.train import (BlockAdamW, TrainConfig, block_partition, epoch_plan, fit,
+                                     fit_dt_parallel, predict_all)
+from noprop_helpers import IMG, tiny_splits
+
+K = 4
+
+
+def _dt(T=3, seed=0, dropout=0.0):
+    torch.manual_seed(seed)
+    return NoPropDT(n_classes=K, T=T, embedding="learned", embed_dim=8, dropout=dropout,
+                    image_size=IMG)
+
+
+def _cfg(**kw):
+    base = dict(epochs=1, batch_size=16, progress=False, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_block_adamw_equals_one_adamw_per_block_and_leaves_others_alone():
+    torch.manual_seed(0)          # float64: Adam amplifies rounding where gradients are ~0
+    stack = StackedPaperBlocks(2, 6, K, image_size=IMG, dropout=0.0).double()
+    ref = stack.to_block(1).double()
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.1)
+    opt = BlockAdamW(stack, lr=1e-2, weight_decay=0.1)
+    before0 = stack.to_block(0).state_dict()
+    for i in range(3):
+        x, z = torch.randn(8, 1, IMG, IMG).double(), torch.randn(2, 8, 6).double()
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        one = slice(1, 2)                              # only block 1 runs and has a loss
+        stack.from_features(stack.image_features(x, one), z[one], one)[0].pow(2).mean().backward()
+        opt.step(slice(1, 2))
+        ref(x, z[1]).pow(2).mean().backward()
+        ref_opt.step()
+    got = stack.to_block(1).state_dict()
+    for name, value in ref.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        torch.testing.assert_close(got[name].double(), value, atol=1e-6, rtol=1e-5, msg=name)
+    for name, value in stack.to_block(0).state_dict().items():
+        assert torch.equal(value, before0[name]), f"inactive block changed: {name}"
+    assert opt.steps.tolist() == [0, 3]
+
+
+def test_epoch_means_every_block_sees_every_example_once():
+    m, g = _dt(T=3), torch.Generator().manual_seed(0)
+    assert [len(p) for p in epoch_plan(m, 5, "all", g)] == [5]
+    sweep = epoch_plan(m, 5, "sweep", g)
+    assert len(sweep) == 3 and all(p == [slice(i, i + 1)] * 5 for i, p in enumerate(sweep))
+    assert sum(len(p) for p in epoch_plan(m, 5, "random", g)) == 15
+    assert epoch_plan(BackpropDT(K, T=3, image_size=IMG), 5, "sweep", g) == [[slice(None)] * 5]
+    with pytest.raises(ValueError, match="block_schedule: expected one of"):
+        TrainConfig(block_schedule="backwards")
+
+
+def test_fit_learns_and_sweep_touches_one_block_per_pass():
+    data = tiny_splits()
+    m = _dt()
+    res = fit(m, data, _cfg(epochs=5, lr=1e-2), log=lambda *_: None)
+    assert res["test_acc"]["deterministic"] > 0.8          # 4 classes: chance is 0.25
+    assert len(res["history"]) == 5 and res["seconds_per_epoch"] > 0
+    m2 = _dt()
+    res2 = fit(m2, data, _cfg(block_schedule="sweep", max_steps_per_epoch=6), log=lambda *_: None)
+    assert res2["history"][0]["steps"] == 6                  # first pass only: block 1
+    fresh = _dt()
+    for i in (1, 2):
+        assert torch.equal(m2.blocks.per_block(m2.blocks.conv3.weight)[i],
+                           fresh.blocks.per_block(fresh.blocks.conv3.weight)[i])
+    assert not torch.equal(m2.blocks.per_block(m2.blocks.conv3.weight)[0],
+                           fresh.blocks.per_block(fresh.blocks.conv3.weight)[0])
+
+
+def test_model_selection_never_reads_test_labels():
+    data = tiny_splits()
+    poisoned = tiny_splits()
+    poisoned.test_y = (poisoned.test_y + 1) % K
+    r1 = fit(_dt(), data, _cfg(epochs=2), log=lambda *_: None)
+    r2 = fit(_dt(), poisoned, _cfg(epochs=2), log=lambda *_: None)
+    assert r1["best_epoch"] == r2["best_epoch"]
+    assert [h["val_acc"] for h in r1["history"]] == [h["val_acc"] for h in r2["history"]]
+    assert r1["test_acc"] != r2["test_acc"]
+
+
+def test_seeds_reproduce_and_differ():
+    data = tiny_splits()
+    runs = []
+    for seed in (0, 0, 1):
+        m = _dt(seed=seed, dropout=0.2)
+        fit(m, data, _cfg(seed=seed, max_steps_per_epoch=3), log=lambda *_: None)
+        runs.append(m.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_resume_from_checkpoint_continues_identically(tmp_path):
+    data = tiny_splits()
+    straight = _dt(dropout=0.2)
+    fit(straight, data, _cfg(epochs=2, max_steps_per_epoch=3), log=lambda *_: None)
+    ck = tmp_path / "ck.pt"
+    first = _dt(dropout=0.2)
+    fit(first, data, _cfg(epochs=1, max_steps_per_epoch=3), checkpoint=ck, log=lambda *_: None)
+    resumed = _dt(seed=7, dropout=0.2)                      # different init: all state comes from ck
+    logs = []
+    res = fit(resumed, data, _cfg(epochs=2, max_steps_per_epoch=3), checkpoint=ck, log=logs.append)
+    assert any("resumed after epoch 1" in line for line in logs) and len(res["history"]) == 2
+    # the best epoch is restored at the end of both runs; compare the final-epoch checkpoints
+    last = torch.load(ck, weights_only=False)["model"]
+    ref = _dt(dropout=0.2)
+    ck2 = tmp_path / "ck2.pt"
+    fit(ref, data, _cfg(epochs=2, max_steps_per_epoch=3), checkpoint=ck2, log=lambda *_: None)
+    ref_last = torch.load(ck2, weights_only=False)["model"]
+    for k in ref_last:
+        torch.testing.assert_close(last[k], ref_last[k], msg=k)
+
+
+def test_block_partition():
+    assert block_partition(10, 2) == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    assert block_partition(10, 3) == [[1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+    with pytest.raises(ValueError, match="world_size must be in 1..T=10"):
+        block_partition(10, 11)
+
+
+def test_parallel_training_on_two_gloo_processes_matches_serial(tmp_path):
+    """Blocks split over 2 processes, only head and W_embed synced: same model as serial."""
+    data = tiny_splits(n_train=48)
+    kwargs = dict(n_classes=K, T=4, embedding="learned", embed_dim=8, dropout=0.0, image_size=IMG)
+    cfg = _cfg(max_steps_per_epoch=3)
+    par, hist = fit_dt_parallel(kwargs, data, cfg, world_size=2, workdir=tmp_path)
+    assert par.block_ids == [1, 2, 3, 4] and [h[0]["steps"] for h in hist] == [3, 3]
+    torch.manual_seed(cfg.seed)
+    serial = NoPropDT(**kwargs)
+    fit(serial, data, cfg, log=lambda *_: None)
+    ps, ss = par.state_dict(), serial.state_dict()
+    assert ps.keys() == ss.keys()
+    for k in ss:
+        torch.testing.assert_close(ps[k], ss[k], atol=2e-5, rtol=1e-4, msg=k)
+    x = data.test_x
+    assert torch.equal(predict_all(par, x), predict_all(serial, x))
