@@ -81,12 +81,12 @@ def test_normalizer_from_published_set(keypoints_data):
 def test_image_task_on_published_set(pusht_zarr):
     d = load_pusht(pusht_zarr, task="image")
     img = d.frames["image"]
-    assert img.shape == (25650, 96, 96, 3) and img.dtype == torch.uint8
+    assert img.shape == (25650, 3, 96, 96) and img.dtype == torch.uint8  # channels first, uint8
     rb = ReplayBuffer.open(pusht_zarr)
     ends = rb.episode_ends
     for ep in (0, 100, 205):  # uint8 in memory is lossless for the published pixels
         s, e = (int(ends[ep - 1]) if ep else 0), int(ends[ep])
-        np.testing.assert_array_equal(img[s:e].numpy().astype(np.float32), rb.read("img", s, e))
+        np.testing.assert_array_equal(img[s:e].permute(0, 2, 3, 1).numpy().astype(np.float32), rb.read("img", s, e))
     np.testing.assert_array_equal(d.frames["agent_pos"].numpy(), rb.read("state")[:, :2])
     batch = next(iter(pusht_loader(d, batch_size=64, crop=84)))
     assert batch["obs"]["image"].shape == (64, 2, 3, 84, 84)
@@ -135,7 +135,7 @@ def test_keypoints_task_does_not_read_images(fake_pusht):
 def test_image_task_on_small_store(fake_pusht):
     path, episodes = fake_pusht
     d = load_pusht(path, task="image")
-    np.testing.assert_array_equal(d.frames["image"][20:51].numpy(), episodes[1]["img"].astype(np.uint8))
+    np.testing.assert_array_equal(d.frames["image"][20:51].numpy(), episodes[1]["img"].astype(np.uint8).transpose(0, 3, 1, 2))
     batch = next(iter(pusht_loader(d, batch_size=5, crop=None, split="all", shuffle=False)))
     assert batch["obs"]["image"].shape == (5, 2, 3, 96, 96)
 
@@ -308,7 +308,7 @@ def test_loader_crop_matches_frames(fake_pusht):
     batch = next(iter(loader))
     ids = torch.arange(batch["action"].shape[0])
     frames = loader.windows.indices[ids, :2]  # (B, 2) frame of each observation step
-    full = d.frames["image"][frames].permute(0, 1, 4, 2, 3).float() / 255  # (B, 2, 3, 96, 96)
+    full = d.frames["image"][frames].float() / 255  # (B, 2, 3, 96, 96)
     crops = batch["obs"]["image"]
     for b in (0, 7, 40):  # each crop is some 84x84 window of its own frame
         for t in range(2):
