@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import shutil
 import tempfile
 import urllib.request
 import zipfile

@@ -329,3 +329,14 @@ def test_cli_module_entry_point(fake_pusht):
                           capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "episodes=3" in proc.stdout
+
+
+def test_loader_device_and_validation_split(fake_pusht):
+    d = load_pusht(fake_pusht[0], task="keypoints")
+    loader = pusht_loader(d, batch_size=4, device="cpu", split="val", val_ratio=0.34)
+    assert loader.device == torch.device("cpu") and not loader.shuffle
+    val_eps = set(loader.windows.episode.tolist())
+    train_eps = set(pusht_loader(d, val_ratio=0.34).windows.episode.tolist())
+    assert len(val_eps) == 1 and val_eps.isdisjoint(train_eps) and len(train_eps) == 2
+    batch = next(iter(loader))
+    assert batch["obs"].shape == (4, 2, 20) and batch["action"].shape == (4, 16, 2)
