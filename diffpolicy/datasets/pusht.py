@@ -31,6 +31,7 @@ import argparse
 import hashlib
 import os
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -310,7 +311,12 @@ def _fetch(url: str, out: Path, progress: bool) -> str:
     from tqdm import tqdm
 
     h = hashlib.sha256()
-    with urllib.request.urlopen(url) as resp, open(out, "wb") as fh:
+    try:
+        resp = urllib.request.urlopen(url)
+    except (urllib.error.URLError, OSError) as e:
+        raise DatasetError(f"cannot download {url}: {getattr(e, 'reason', e)} (no network? pass a local "
+                           f"path or set ${paths.DATA_ENV_VAR} instead)") from e
+    with resp, open(out, "wb") as fh:
         total = int(resp.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc="pusht.zip", disable=not progress) as bar:
             for block in iter(lambda: resp.read(1 << 20), b""):

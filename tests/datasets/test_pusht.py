@@ -244,6 +244,12 @@ def test_download_rejects_wrong_content(fake_pusht, tmp_path):
     assert list(dest.iterdir()) == []
 
 
+def test_download_unreachable_url(tmp_path):
+    with pytest.raises(DatasetError, match=r"cannot download file:///no/such/pusht\.zip: .*no network\?"):
+        download_pusht(tmp_path / "data", url="file:///no/such/pusht.zip", progress=False)
+    assert list((tmp_path / "data").iterdir()) == []
+
+
 def test_download_refuses_paths_outside_dest(fake_pusht, tmp_path):
     archive = tmp_path / "evil.zip"
     _zip_store(fake_pusht[0], archive, extra={"../../escape.txt": b"x"})
