@@ -50,7 +50,11 @@ class RolloutResult:
 
 
 def make_env(obs_type: str, render_size: int = 96):
-    """One Push-T environment observing ``obs_type`` (keypoints | state | image)."""
+    """One Push-T environment observing ``obs_type`` (keypoints | state | image).
+
+    ``render()`` gives ``render_size`` RGB frames with the commanded target drawn;
+    observation images are always 96 x 96 without it.
+    """
     from diffpolicy.envs.pusht import PushTEnv  # noqa: PLC0415
 
     return PushTEnv(obs_type=obs_type, render_mode="rgb_array", render_size=render_size)
@@ -96,9 +100,7 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
         bar = tqdm(total=len(seeds), desc="rollouts", dynamic_ncols=True)
     for start in range(0, len(seeds), n_envs):
         chunk = seeds[start:start + n_envs]
-        envs = [make_env(obs_type) for _ in chunk]
-        renderers = {s: make_env(obs_type, video_size) for s in chunk
-                     if s in record_seeds or keep_final_frames}
+        envs = [make_env(obs_type, video_size) for _ in chunk]
         history, info0 = [], []
         for env, seed in zip(envs, chunk):
             obs, info = env.reset(seed=seed)
@@ -107,10 +109,9 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
         stats = {s: dict(max_reward=0.0, max_coverage=float(info.get("coverage", 0.0)),
                          coverage=float(info.get("coverage", 0.0)), success=False, steps=0)
                  for s, info in zip(chunk, info0)}
-        for s, r in renderers.items():
-            r.reset(seed=s)
+        for env, s in zip(envs, chunk):
             if s in record_seeds:
-                result.frames[s] = [r.render()]
+                result.frames[s] = [env.render()]
         active = list(range(len(chunk)))
         while active:
             batch = obs_to_policy(obs_type, [history[i][-to:] for i in active])
@@ -129,10 +130,8 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
                 done = False
                 for a in actions[row]:
                     obs, reward, terminated, truncated, info = envs[i].step(a)
-                    if seed in renderers:
-                        renderers[seed].step(a)
-                        if seed in record_seeds:
-                            result.frames[seed].append(renderers[seed].render())
+                    if seed in record_seeds:
+                        result.frames[seed].append(envs[i].render())
                     history[i].append(obs)
                     st["steps"] += 1
                     st["max_reward"] = max(st["max_reward"], float(reward))
@@ -147,7 +146,7 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
                     still.append(i)
                 else:
                     if keep_final_frames:
-                        result.final_frames[seed] = renderers[seed].render()
+                        result.final_frames[seed] = envs[i].render()
                     if bar is not None:
                         bar.update(1)
             active = still
@@ -157,7 +156,7 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
                                                  max_coverage=st["max_coverage"],
                                                  final_coverage=st["coverage"], success=st["success"],
                                                  steps=st["steps"]))
-        for env in list(envs) + list(renderers.values()):
+        for env in envs:
             env.close()
     if bar is not None:
         bar.close()

