@@ -174,6 +174,7 @@ class ReplayBuffer:
         for key, arr in arrays.items():
             if arr.ndim == 0:
                 raise DatasetError(f"{p}: data/{key} is a scalar; expected an array with steps on axis 0")
+        self._check_chunks_present(arrays, ends_arr)
         lengths = {k: int(a.shape[0]) for k, a in arrays.items()}
         if pending is None and len(set(lengths.values())) > 1:
             desc = ", ".join(f"data/{k} has {n}" for k, n in sorted(lengths.items()))
@@ -183,6 +184,21 @@ class ReplayBuffer:
                 raise DatasetError(f"{p}: meta/episode_ends ends at {n_steps} but data/{key} has "
                                    f"{n} steps (they must be equal)")
         self._ends = ends
+
+    def _check_chunks_present(self, arrays: Mapping[str, zarr.Array], ends_arr: zarr.Array) -> None:
+        """Raise ``CorruptDataError`` when a chunk file is missing: zarr would silently read it
+        as fill values (zeros).  Our writer stores every chunk (``write_empty_chunks``), and so
+        does the published set, so a missing one means a damaged copy.  Costs one listing."""
+        named = [(f"data/{k}", a) for k, a in arrays.items()] + [("meta/episode_ends", ends_arr)]
+        for name, arr in named:
+            try:
+                present, expected = int(arr.nchunks_initialized), int(arr.nchunks)
+            except Exception as e:
+                raise DatasetError(f"{self.path}: cannot list the chunks of {name} "
+                                   f"({type(e).__name__}: {e})") from e
+            if present < expected:
+                raise CorruptDataError(f"{self.path}: {name} has {present} of its {expected} chunk "
+                                       f"files; {expected - present} are missing (a partial copy?)")
 
     def check_schema(self, schema: Mapping[str, ArraySpec], what: str = "this task") -> None:
         """Raise ``DatasetError`` unless every ``data/<key>`` of ``schema`` exists with the
@@ -414,13 +430,14 @@ class ReplayBuffer:
         """Grow ``data/<key>`` and write ``values`` at ``start``."""
         arr = self._arrays[key]
         arr.resize((start + len(values),) + tuple(arr.shape[1:]))
-        arr[start:start + len(values)] = values
+        # Store every chunk, even all-zero ones: a missing chunk then always means damage.
+        arr.with_config({"write_empty_chunks": True})[start:start + len(values)] = values
 
     def _write_end(self, i: int, end: int) -> None:
         """Commit episode ``i`` by writing its end into ``meta/episode_ends``."""
         ends_arr = self._root["meta/episode_ends"]
         ends_arr.resize((i + 1,))
-        ends_arr[i] = end
+        ends_arr.with_config({"write_empty_chunks": True})[i] = end
 
     def _rollback(self, n_steps: int, n_episodes: int) -> None:
         """Shrink every array back to ``n_steps`` / ``n_episodes`` and clear the pending record."""

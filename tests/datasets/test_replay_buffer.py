@@ -264,6 +264,25 @@ def test_error_truncated_chunk(small_store):
         ReplayBuffer.open(path, verify=True)
 
 
+def test_error_missing_chunk_file(small_store):
+    """zarr reads a missing chunk as zeros; we refuse the store instead."""
+    path, _ = small_store
+    _chunk_files(path, "state")[0].unlink()
+    with pytest.raises(CorruptDataError, match=r"small\.zarr: data/state has 0 of its 1 chunk files; 1 are missing"):
+        ReplayBuffer.open(path)
+
+
+def test_all_zero_episode_still_stores_every_chunk(tmp_path, zarr_format):
+    """An all-zero (fill-value) chunk must still be written, or reopening would flag it missing."""
+    path = tmp_path / "zeros.zarr"
+    rb = ReplayBuffer.create(path, zarr_format=zarr_format)
+    ep = make_episode(5, np.random.default_rng(0))
+    ep = {k: np.zeros_like(v) for k, v in ep.items()}
+    rb.add_episode(ep)
+    rb = ReplayBuffer.open(path)
+    np.testing.assert_array_equal(rb.get_episode(0)["n_contacts"], ep["n_contacts"])
+
+
 def test_error_garbage_chunk(small_store):
     path, _ = small_store
     chunk = _chunk_files(path, "keypoint")[0]
