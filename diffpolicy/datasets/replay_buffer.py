@@ -63,10 +63,11 @@ class ReplayBuffer:
     Attributes: ``path``, ``mode`` ("r" or "a"), ``zarr_format`` (2 or 3).
     """
 
-    def __init__(self, root: zarr.Group, path: Path, mode: str):
+    def __init__(self, root: zarr.Group, path: Path, mode: str, allow_missing_chunks: bool = False):
         self._root = root
         self.path = path
         self.mode = mode
+        self.allow_missing_chunks = allow_missing_chunks
         self.zarr_format = int(root.metadata.zarr_format)
         self._ends = np.zeros(0, dtype=np.int64)
         self._arrays: dict[str, zarr.Array] = {}
@@ -95,7 +96,7 @@ class ReplayBuffer:
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r", schema: Mapping[str, ArraySpec] | None = None,
-             verify: bool = False) -> "ReplayBuffer":
+             verify: bool = False, allow_missing_chunks: bool = False) -> "ReplayBuffer":
         """Open an existing store and validate its structure.
 
         Args:
@@ -104,6 +105,10 @@ class ReplayBuffer:
             schema: optional ``{key: ArraySpec}`` the store must satisfy.
             verify: also read every value of the schema's keys (all keys when
                 no schema is given), checking for NaN/inf and undecodable chunks.
+            allow_missing_chunks: accept arrays with absent chunk files (zarr reads them as
+                the fill value).  Off by default: a partial copy must not read as zeros.  Turn
+                it on only for stores written with ``write_empty_chunks=False`` (zarr 3's
+                default), which leave all-zero chunks out.
         Raises:
             FileNotFoundError, DatasetError (and its CorruptDataError).
         """
@@ -116,7 +121,7 @@ class ReplayBuffer:
             root = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
         except Exception as e:  # zarr raises several types for a missing/garbled group
             raise DatasetError(f"{path}: not a readable zarr group ({type(e).__name__}: {e})") from e
-        rb = cls(root, path, mode)
+        rb = cls(root, path, mode, allow_missing_chunks)
         if schema is not None:
             rb.check_schema(schema)
         if verify:
@@ -174,7 +179,8 @@ class ReplayBuffer:
         for key, arr in arrays.items():
             if arr.ndim == 0:
                 raise DatasetError(f"{p}: data/{key} is a scalar; expected an array with steps on axis 0")
-        self._check_chunks_present(arrays, ends_arr)
+        if not self.allow_missing_chunks:
+            self._check_chunks_present(arrays, ends_arr)
         lengths = {k: int(a.shape[0]) for k, a in arrays.items()}
         if pending is None and len(set(lengths.values())) > 1:
             desc = ", ".join(f"data/{k} has {n}" for k, n in sorted(lengths.items()))
@@ -198,7 +204,9 @@ class ReplayBuffer:
                                    f"({type(e).__name__}: {e})") from e
             if present < expected:
                 raise CorruptDataError(f"{self.path}: {name} has {present} of its {expected} chunk "
-                                       f"files; {expected - present} are missing (a partial copy?)")
+                                       f"files; {expected - present} are missing (a partial copy?). "
+                                       f"If the store was written with write_empty_chunks=False, "
+                                       f"open it with allow_missing_chunks=True")
 
     def check_schema(self, schema: Mapping[str, ArraySpec], what: str = "this task") -> None:
         """Raise ``DatasetError`` unless every ``data/<key>`` of ``schema`` exists with the

@@ -143,7 +143,7 @@ def test_image_task_on_small_store(fake_pusht):
 def _replace(path: Path, key: str, values: np.ndarray) -> None:
     g = zarr.open_group(str(path), mode="r+")
     del g["data"][key]
-    g["data"].create_array(key, data=values)
+    g["data"].create_array(key, data=values, config={"write_empty_chunks": True})
 
 
 def test_error_keypoint_dims_for_task(fake_pusht):

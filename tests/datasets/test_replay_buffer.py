@@ -270,6 +270,8 @@ def test_error_missing_chunk_file(small_store):
     _chunk_files(path, "state")[0].unlink()
     with pytest.raises(CorruptDataError, match=r"small\.zarr: data/state has 0 of its 1 chunk files; 1 are missing"):
         ReplayBuffer.open(path)
+    rb = ReplayBuffer.open(path, allow_missing_chunks=True)  # the caller's explicit choice
+    assert not rb.read("state").any()
 
 
 def test_all_zero_episode_still_stores_every_chunk(tmp_path, zarr_format):
