@@ -59,6 +59,19 @@ class PaperBlock(nn.Module):
         return self.out(torch.cat([fx, h], dim=-1))
 
 
+def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout with an int16 random mask (keep-probability resolution 1/32768).
+
+    Same law as ``F.dropout`` up to that resolution, about 3x cheaper on CPU, where
+    drawing one float per activation dominated the fused blocks' forward pass.
+    The mask follows ``x``'s memory format (channels-last stays channels-last).
+    """
+    if not training or p == 0.0:
+        return x
+    r = torch.empty_like(x, dtype=torch.int16).random_()          # uniform on 0 .. 32767
+    return torch.where(r >= round(p * 32768), x * (1.0 / (1.0 - p)), 0.0)
+
+
 class StackedLinear(nn.Module):
     """``n`` independent linear layers: ``(k, B, i) -> (k, B, o)`` for blocks ``sl``."""
 
@@ -149,12 +162,13 @@ class StackedPaperBlocks(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         p, train = self.dropout, self.training
+        # max-pool before ReLU (they commute) halves the ReLU work on the big maps
         h = F.conv2d(x, *self._conv_params(self.conv1, sl), padding=1)
-        h = F.dropout(F.max_pool2d(F.relu(h), 2), p, train)
+        h = fast_dropout(F.relu(F.max_pool2d(h, 2)), p, train)
         h = F.conv2d(h, *self._conv_params(self.conv2, sl), padding=1, groups=k)
-        h = F.dropout(F.relu(h), p, train)
+        h = fast_dropout(F.relu(h), p, train)
         h = F.conv2d(h, *self._conv_params(self.conv3, sl), padding=1, groups=k)
-        h = F.dropout(F.max_pool2d(F.relu(h), 2), p, train)
+        h = fast_dropout(F.relu(F.max_pool2d(h, 2)), p, train)
         h = h.reshape(h.shape[0], k, self.flat).transpose(0, 1)       # (k, B, C*H*W), NCHW order
         return self.img_bn(self.img_fc(h, sl), sl)
 

@@ -1,0 +1,4 @@
+"""``python -m diffpolicy.noprop`` = ``diffpolicy-noprop``."""
+from diffpolicy.noprop.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""The benchmark table: the course paper's Table I rows plus NoProp-DT and its backprop twin,
+trained on one machine with one data pipeline, side by side.
+
+Each (row, seed) runs in its own process (so its peak memory is its own) and
+writes ``rows/<row>_seed<k>.json`` when done; a rerun skips finished rows and
+resumes unfinished ones from their per-epoch checkpoint.  The outputs are
+``results.md``, ``results.json`` and ``noprop_curves.png`` in ``out_dir``.
+
+Rows are plain dicts (from the Hydra config)::
+
+    {name, kind: dt | backprop_dt | ct | backprop, backbone, stem, epochs, ...}
+"""
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from diffpolicy.datasets.fashion_mnist import fashion_mnist_splits
+from diffpolicy.noprop.backprop import BackboneClassifier, BackpropDT
+from diffpolicy.noprop.ct import NoPropCT
+from diffpolicy.noprop.dt import NoPropDT
+from diffpolicy.noprop.embeddings import class_medoids
+from diffpolicy.noprop.train import TrainConfig, fit
+
+KINDS = ("dt", "backprop_dt", "ct", "backprop")
+METHOD = {"dt": "NoProp-DT", "backprop_dt": "Backprop (same T blocks)", "ct": "NoProp-CT",
+          "backprop": "Backprop"}
+
+
+def build_model(row: dict, data) -> torch.nn.Module:
+    """The model of a row; ``row`` keys as in ``configs/noprop/bench.yaml``."""
+    kind = row["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"row {row.get('name')!r}: kind expected one of {KINDS}, got {kind!r}")
+    common = dict(n_classes=data.n_classes, embedding=row.get("embedding", "learned"),
+                  embed_dim=row.get("embed_dim", 20))
+    if common["embedding"] == "prototype":
+        common["prototypes"] = class_medoids(data.train_x, data.train_y, data.n_classes)
+    if kind == "dt":
+        return NoPropDT(T=row.get("T", 10), eta=row.get("eta", 0.1),
+                        dropout=row.get("dropout", 0.2), **common)
+    if kind == "backprop_dt":
+        return BackpropDT(T=row.get("T", 10), dropout=row.get("dropout", 0.2), **common)
+    if kind == "ct":
+        return NoPropCT(row.get("backbone", "resnet18"), eta=row.get("eta", 1.0),
+                        stem=row.get("stem", "imagenet"), dropout=row.get("dropout", 0.2), **common)
+    return BackboneClassifier(row.get("backbone", "resnet18"), data.n_classes,
+                              stem=row.get("stem", "imagenet"))
+
+
+def row_train_config(row: dict, train: dict, seed: int) -> TrainConfig:
+    """TrainConfig for a row: the shared ``train`` settings, row overrides, inference modes."""
+    kw = {k: v for k, v in train.items() if k in TrainConfig.__dataclass_fields__}
+    kw.update({k: v for k, v in row.get("train", {}).items()})
+    kw["epochs"], kw["seed"] = row["epochs"], seed
+    if row["kind"] in ("dt", "ct"):
+        extra = {"steps": row.get("inference_steps", 1000)} if row["kind"] == "ct" else {}
+        kw["predict_modes"] = {"deterministic": dict(extra), "stochastic": dict(extra, stochastic=True)}
+        if row["kind"] == "ct":
+            kw["val_overrides"] = {"steps": row.get("val_inference_steps", 100)}
+    else:
+        kw["predict_modes"] = {"deterministic": {}}
+    return TrainConfig(**kw)
+
+
+def run_row(row: dict, seed: int, cfg: dict, out_dir: Path) -> dict:
+    """Train and test one (row, seed) in this process; returns the result record."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    d = cfg["data"]
+    data = fashion_mnist_splits(d.get("root"), d.get("val_size", 5000), d.get("split_seed", 0),
+                                d.get("train_subset"), d.get("test_subset"), d.get("download", False))
+    torch.manual_seed(seed)
+    model = build_model(row, data)
+    tcfg = row_train_config(row, cfg["train"], seed)
+    tag = f"{row['name']}_seed{seed}"
+    log_path = out_dir / "log.txt"
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        with open(log_path, "a") as f:
+            f.write(line + "\n")
+
+    res = fit(model, data, tcfg, checkpoint=out_dir / "checkpoints" / f"{tag}.pt", desc=tag, log=log)
+    res.update(row=row["name"], seed=seed, kind=row["kind"], method=METHOD[row["kind"]],
+               backbone=row.get("backbone", "paper CNN" if row["kind"] in ("dt", "backprop_dt")
+                                else "resnet18"),
+               epochs=row["epochs"], n_train=len(data.train_x), n_test=len(data.test_x),
+               params=sum(p.numel() for p in model.parameters()),
+               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               peak_gpu_mb=(torch.cuda.max_memory_allocated() / 2**20
+                            if tcfg.device.startswith("cuda") else None),
+               threads=torch.get_num_threads(), precision=tcfg.precision,
+               block_schedule=tcfg.block_schedule if row["kind"] == "dt" else None)
+    return res
+
+
+def _child(row: dict, seed: int, cfg: dict, out_dir: str, result_path: str) -> None:
+    try:
+        res = run_row(row, seed, cfg, Path(out_dir))
+        Path(result_path).write_text(json.dumps(res, indent=1))
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)
+
+
+def run_table(cfg: dict) -> list[dict]:
+    """Run every (row, seed) not yet done, then write the table, JSON and plot."""
+    out_dir = Path(cfg["out_dir"])
+    (out_dir / "rows").mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))
+    rows = [r for r in cfg["rows"] if not cfg.get("only") or r["name"] in cfg["only"]]
+    jobs = [(r, s) for r in rows for s in cfg["seeds"]]
+    failed = []
+    t_start = time.time()
+    for i, (row, seed) in enumerate(jobs):
+        result_path = out_dir / "rows" / f"{row['name']}_seed{seed}.json"
+        status = f"[{i + 1}/{len(jobs)}] {row['name']} seed {seed}"
+        if result_path.exists():
+            print(f"{status}: done earlier, skipped", flush=True)
+            continue
+        print(f"{status}: {row['epochs']} epoch(s), {time.time() - t_start:.0f} s elapsed",
+              flush=True)
+        (out_dir / "progress.txt").write_text(f"{status}\nstarted {time.ctime()}\n")
+        if cfg.get("isolate", True):
+            p = mp.get_context("spawn").Process(target=_child, args=(row, seed, cfg, str(out_dir),
+                                                                      str(result_path)))
+            p.start()
+            p.join()
+            ok = p.exitcode == 0 and result_path.exists()
+        else:
+            result_path.write_text(json.dumps(run_row(row, seed, cfg, out_dir), indent=1))
+            ok = True
+        if not ok:
+            failed.append(f"{row['name']} seed {seed}")
+            print(f"{status}: FAILED (see the traceback above)", flush=True)
+    results = [json.loads(p.read_text()) for p in sorted((out_dir / "rows").glob("*.json"))]
+    order = {r["name"]: i for i, r in enumerate(cfg["rows"])}
+    results = sorted([r for r in results if r["row"] in order], key=lambda r: (order[r["row"]], r["seed"]))
+    write_outputs(results, cfg, out_dir)
+    (out_dir / "progress.txt").write_text(f"finished {time.ctime()}; failed: {failed or 'none'}\n")
+    if failed:
+        raise RuntimeError(f"rows failed: {', '.join(failed)} (finished rows are saved; rerun to retry)")
+    return results
+
+
+def _mean_se(values: list[float]) -> tuple[float, float | None]:
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, None
+    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
+    return m, math.sqrt(var / len(values))
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """One line per row: means (and standard errors) over seeds."""
+    lines = []
+    for name in dict.fromkeys(r["row"] for r in results):
+        rs = [r for r in results if r["row"] == name]
+        first = rs[0]
+        acc = {m: _mean_se([100 * r["test_acc"][m] for r in rs]) for m in first["test_acc"]}
+        lines.append({
+            "row": name, "method": first["method"], "backbone": first["backbone"],
+            "epochs": first["epochs"], "seeds": [r["seed"] for r in rs], "test_acc": acc,
+            "val_acc": _mean_se([100 * r["val_acc"] for r in rs]),
+            "seconds_per_epoch": _mean_se([r["seconds_per_epoch"] for r in rs]),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+            "infer_seconds": {m: _mean_se([r["infer_seconds"][m] for r in rs]) for m in first["infer_seconds"]},
+            "n_test": first["n_test"], "n_train": first["n_train"], "params": first["params"],
+            "curves": [[h["val_acc"] for h in r["history"]] for r in rs]})
+    return lines
+
+
+def _fmt(ms: tuple[float, float | None], digits: int = 2) -> str:
+    m, se = ms
+    return f"{m:.{digits}f}" if se is None else f"{m:.{digits}f} ± {se:.{digits}f}"
+
+
+def markdown_table(lines: list[dict], cfg: dict) -> str:
+    head = ("| Row | Method | Backbone | Epochs | Test acc. % (deterministic) | Test acc. % "
+            "(stochastic) | Train time / epoch (s) | Peak memory (MB RSS) | Inference, test set (s) |")
+    out = [head, "|" + "---|" * 9]
+    for ln in lines:
+        det = _fmt(ln["test_acc"]["deterministic"])
+        sto = _fmt(ln["test_acc"]["stochastic"]) if "stochastic" in ln["test_acc"] else "-"
+        inf = _fmt(ln["infer_seconds"]["deterministic"], 1)
+        out.append(f"| {ln['row']} | {ln['method']} | {ln['backbone']} | {ln['epochs']} | {det} | "
+                   f"{sto} | {_fmt(ln['seconds_per_epoch'], 0)} | {ln['peak_rss_mb']:.0f} | {inf} |")
+    n = lines[0] if lines else {"n_train": "?", "n_test": "?"}
+    out += ["", f"Fashion-MNIST: {n['n_train']} training images (validation split carved from the "
+            f"training file, used for model selection), {n['n_test']} test images, touched once by "
+            "the selected model. One epoch = every block sees every training example once (NoProp-DT "
+            "trains all T blocks on each batch), so time per epoch compares like with like. "
+            f"Seeds: {cfg['seeds']} (mean ± s.e. where more than one). Memory is the peak resident "
+            "set of the row's own process (data and PyTorch included). NoProp-CT infers with "
+            "1000 steps, NoProp-DT with T steps; 'stochastic' adds the sqrt(c_t) noise."]
+    return "\n".join(out) + "\n"
+
+
+def write_outputs(results: list[dict], cfg: dict, out_dir: Path) -> None:
+    lines = summarise(results)
+    md = markdown_table(lines, cfg) if lines else "No rows finished.\n"
+    (out_dir / "results.md").write_text(md)
+    (out_dir / "results.json").write_text(json.dumps({"rows": lines, "runs": results}, indent=1))
+    if lines:
+        plot_curves(lines, out_dir / "noprop_curves.png")
+    print(md, flush=True)
+
+
+def plot_curves(lines: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for ln in lines:
+        curves = ln["curves"]
+        n = min(len(c) for c in curves)
+        mean = [100 * sum(c[e] for c in curves) / len(curves) for e in range(n)]
+        ax.plot(range(1, n + 1), mean, marker="o", label=f"{ln['row']} ({ln['method']})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Fashion-MNIST, validation accuracy per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,50 @@
+"""``diffpolicy-noprop``: regenerate the NoProp benchmark table (Hydra config, plain argv).
+
+    diffpolicy-noprop                      # full table, CPU budget (configs/noprop/bench.yaml)
+    diffpolicy-noprop --quick              # subset, one epoch: a smoke run (tests use it)
+    diffpolicy-noprop --config gpu         # longer budget for a GPU machine
+    diffpolicy-noprop out_dir=runs/x seeds=[0,1,2] 'only=[noprop-dt]'   # Hydra overrides
+
+Finished rows are saved as they complete; rerunning the same command resumes.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "noprop"
+
+
+def load_config(name: str = "bench", overrides: list[str] | None = None) -> dict:
+    """Compose ``configs/noprop/<name>.yaml`` with Hydra overrides; returns a plain dict."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    if not (CONFIG_DIR / f"{name}.yaml").exists():
+        choices = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise SystemExit(f"no NoProp config {name!r} in {CONFIG_DIR}; expected one of {choices}")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name=name, overrides=list(overrides or []))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="diffpolicy-noprop", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the quick config (subset, 1 epoch)")
+    parser.add_argument("--config", default=None, help="config name in configs/noprop (bench, quick, gpu)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. out_dir=runs/x seeds=[0,1]")
+    args = parser.parse_args(argv)
+    name = args.config or ("quick" if args.quick else "bench")
+    cfg = load_config(name, args.overrides)
+    if args.print_config:
+        import json
+        print(json.dumps(cfg, indent=1))
+        return 0
+    from diffpolicy.noprop.bench import run_table
+    run_table(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""The benchmark command: config, quick run on real data, resume, table and plot."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from diffpolicy.noprop.bench import build_model, markdown_table, row_train_config, summarise
+from diffpolicy.noprop.cli import load_config, main
+
+
+def test_configs_compose_and_name_every_table_row():
+    full = load_config("bench")
+    names = [r["name"] for r in full["rows"]]
+    assert names == ["backprop-resnet18", "backprop-resnet50", "noprop-ct-resnet18",
+                     "noprop-ct-resnet50", "noprop-dt", "backprop-dt"]
+    assert full["data"]["val_size"] > 0 and full["train"]["batch_size"] == 128
+    quick = load_config("quick", ["seeds=[3]"])
+    assert quick["seeds"] == [3] and quick["data"]["train_subset"] == 512
+    assert [r["name"] for r in quick["rows"]] == names
+    with pytest.raises(SystemExit, match="no NoProp config 'nope'"):
+        load_config("nope")
+
+
+def test_row_settings_reach_the_models():
+    cfg = load_config("bench")
+    dt = next(r for r in cfg["rows"] if r["kind"] == "dt")
+    tc = row_train_config(dt, cfg["train"], seed=4)
+    assert tc.seed == 4 and tc.epochs == dt["epochs"]
+    assert set(tc.predict_modes) == {"deterministic", "stochastic"}
+    ct = next(r for r in cfg["rows"] if r["kind"] == "ct")
+    tc = row_train_config(ct, cfg["train"], seed=0)
+    assert tc.predict_modes["deterministic"]["steps"] == 1000 and tc.val_overrides == {"steps": 100}
+    with pytest.raises(ValueError, match="kind expected one of"):
+        build_model({"name": "x", "kind": "magic"}, None)
+
+
+def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, capsys):
+    out = tmp_path / "quick"
+    only = "only=[noprop-dt,backprop-resnet18]"
+    args = ["--quick", f"out_dir={out}", only, "data.train_subset=256",
+            "data.val_size=256", "data.test_subset=256", "train.max_steps_per_epoch=2",
+            f"data.root={fmnist_root}"]
+    assert main(args) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["row"] for r in rows] == ["backprop-resnet18", "noprop-dt"]
+    dt = rows[1]
+    assert set(dt["test_acc"]) == {"deterministic", "stochastic"} and dt["seconds_per_epoch"][0] > 0
+    md = (out / "results.md").read_text()
+    assert "| noprop-dt | NoProp-DT | paper CNN | 1 |" in md and "One epoch = every block" in md
+    assert (out / "noprop_curves.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(args) == 0                         # rerun: nothing left to do
+    assert capsys.readouterr().out.count("done earlier, skipped") == 2
+
+
+def test_summary_reports_mean_and_standard_error():
+    def run(seed, acc):
+        return {"row": "r", "method": "NoProp-DT", "backbone": "paper CNN", "epochs": 1, "seed": seed,
+                "test_acc": {"deterministic": acc}, "val_acc": acc, "seconds_per_epoch": 10.0,
+                "peak_rss_mb": 100.0, "infer_seconds": {"deterministic": 1.0}, "n_test": 10,
+                "n_train": 10, "params": 1, "history": [{"val_acc": acc}]}
+    lines = summarise([run(0, 0.90), run(1, 0.92)])
+    m, se = lines[0]["test_acc"]["deterministic"]
+    assert abs(m - 91.0) < 1e-9 and abs(se - 1.0) < 1e-9
+    assert "91.00 ± 1.00" in markdown_table(lines, {"seeds": [0, 1]})
