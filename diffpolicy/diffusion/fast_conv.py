@@ -1,0 +1,222 @@
+"""Channels-last CPU kernels for the temporal UNet (the ``fast=True`` path).
+
+Every tensor here is ``(B, H, C)``: time on axis 1, channels last, so each
+time step is one contiguous row of C floats and a temporal convolution is a
+few large matrix products.  All functions are exact re-formulations of the
+reference layers (equal within float rounding), tested against them in
+``tests/diffusion/test_unet.py``.
+
+Why it is faster than ``nn.Conv1d`` on CPU (see ``benchmarks/bench_unet.py``):
+
+* :func:`conv1d_cl`, a "same" convolution of kernel k, runs one matrix
+  product per output step t over only the taps that land inside the
+  sequence.  At the UNet's deepest level (H = 4, k = 5) 30 % of a padded
+  convolution's multiply-adds hit the zero padding; they are skipped, and the
+  products (M = B rows, K = up to k C) run near the machine's matmul peak.
+  The backward pass is the same products transposed.
+* :func:`group_norm_mish_cl` fuses GroupNorm and Mish into one autograd node
+  with a hand-written backward and a cheaper Mish (one ``exp`` instead of
+  ``exp``, ``log1p`` and ``tanh``); optionally compiled with
+  ``torch.compile`` (:func:`set_compile`).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.nn import functional as F
+
+_COMPILE = False
+# conv1d_cl uses one product per output step when H <= PER_STEP_MAX_H (padding
+# wastes >= 2/H of a "same" conv's work) and the layer is big enough
+# (B * Cin * Cout >= PER_STEP_MIN_WORK) for H separate products to stay efficient.
+PER_STEP_MAX_H = 8
+PER_STEP_MIN_WORK = 256 * 256 * 256
+_MISH_CLAMP = 20.0   # tanh(softplus(y)) == 1 in float32 for y > 20
+
+
+def set_compile(enabled: bool) -> None:
+    """Run the fused GroupNorm+Mish through ``torch.compile`` (inductor, needs a C++
+    compiler; compiles once per shape, ~20 s the first time).  Off by default."""
+    global _COMPILE
+    _COMPILE = bool(enabled)
+
+
+# ----------------------------------------------------------------------------
+# Temporal convolution as per-step matrix products
+# ----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _plan(length: int, kernel: int) -> tuple[tuple[int, int, int, int, int], ...]:
+    """For a stride-1 convolution with zero padding kernel // 2: per output step t,
+    the valid input steps [s0, s1) and the taps [j0, j1) that read them."""
+    pad = kernel // 2
+    plan = []
+    for t in range(length):
+        j0, j1 = max(0, pad - t), min(kernel, length + pad - t)
+        plan.append((t, t + j0 - pad, t + j1 - pad, j0, j1))
+    return tuple(plan)
+
+
+class _TemporalConv(torch.autograd.Function):
+    """y[:, t] = bias + sum_j x[:, t + j - pad] @ wk[j] over taps inside the sequence.
+
+    x: ``(B, H, Cin)`` contiguous; wk: ``(k * Cin, Cout)``, row ``j * Cin + c``
+    holds ``weight[:, c, j]``; bias: ``(Cout,)``.  Returns ``(B, H, Cout)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, wk: torch.Tensor, bias: torch.Tensor,
+                kernel: int) -> torch.Tensor:
+        B, H, cin = x.shape
+        xf = x.reshape(B, H * cin)
+        out = torch.empty(B, H, wk.shape[1], dtype=x.dtype, device=x.device)
+        for t, s0, s1, j0, j1 in _plan(H, kernel):
+            torch.addmm(bias, xf[:, s0 * cin:s1 * cin], wk[j0 * cin:j1 * cin], out=out[:, t])
+        ctx.save_for_backward(x, wk)
+        ctx.kernel = kernel
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, wk = ctx.saved_tensors
+        B, H, cin = x.shape
+        grad = grad.contiguous()
+        xf = x.reshape(B, H * cin)
+        gx = gw = gb = None
+        plan = _plan(H, ctx.kernel)
+        if ctx.needs_input_grad[0]:
+            gx = torch.zeros(B, H * cin, dtype=x.dtype, device=x.device)
+            for t, s0, s1, j0, j1 in plan:
+                gx[:, s0 * cin:s1 * cin].addmm_(grad[:, t], wk[j0 * cin:j1 * cin].t())
+            gx = gx.view(B, H, cin)
+        if ctx.needs_input_grad[1]:
+            gw = torch.zeros_like(wk)
+            for t, s0, s1, j0, j1 in plan:
+                gw[j0 * cin:j1 * cin].addmm_(xf[:, s0 * cin:s1 * cin].t(), grad[:, t])
+        if ctx.needs_input_grad[2]:
+            gb = grad.sum(dim=(0, 1))
+        return gx, gw, gb, None
+
+
+def conv1d_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``F.conv1d(x, weight, bias, padding=k // 2)`` in channels-last layout.
+
+    x: ``(B, H, Cin)``; weight: ``(Cout, Cin, k)`` (``nn.Conv1d`` layout, k odd);
+    bias: ``(Cout,)``.  Returns ``(B, H, Cout)``.
+    """
+    cout, cin, k = weight.shape
+    wk = weight.permute(2, 1, 0).reshape(k * cin, cout)   # a view for tap-major weights
+    B, H, _ = x.shape
+    if H <= PER_STEP_MAX_H and B * cin * cout >= PER_STEP_MIN_WORK:
+        return _TemporalConv.apply(x.contiguous(), wk, bias, k)
+    # small layers or long sequences: one im2col product (few ops, little padding waste)
+    cols = F.pad(x, (0, 0, k // 2, k // 2)).unfold(1, k, 1)             # (B, H, Cin, k)
+    cols = cols.transpose(2, 3).reshape(B * H, k * cin)
+    return torch.addmm(bias, cols, wk).view(B, H, cout)
+
+
+def linear_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 1x1 ``nn.Conv1d`` (weight ``(Cout, Cin, 1)``) on ``(B, H, Cin)`` -> ``(B, H, Cout)``."""
+    return F.linear(x, weight[:, :, 0], bias)
+
+
+def downsample_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``Conv1d(C, C, 3, stride=2, padding=1)`` on ``(B, H, C)`` -> ``(B, H // 2, C)`` (H even)."""
+    B, H, cin = x.shape
+    cout = weight.shape[0]
+    cols = F.pad(x, (0, 0, 1, 1)).unfold(1, 3, 2)                      # (B, H/2, Cin, 3)
+    cols = cols.transpose(2, 3).reshape(B * (H // 2), 3 * cin)
+    wk = weight.permute(2, 1, 0).reshape(3 * cin, cout)
+    return torch.addmm(bias, cols, wk).view(B, H // 2, cout)
+
+
+def upsample_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``ConvTranspose1d(C, C, 4, stride=2, padding=1)`` on ``(B, H, C)`` -> ``(B, 2H, C)``.
+
+    Output step 2m reads inputs m (tap 1) and m - 1 (tap 3); step 2m + 1 reads
+    m + 1 (tap 0) and m (tap 2).  One product gives every tap of every input.
+    """
+    B, H, cin = x.shape
+    cout = weight.shape[1]
+    z = (x.reshape(B * H, cin) @ weight.permute(0, 2, 1).reshape(cin, 4 * cout))
+    z = z.view(B, H, 4, cout)
+    even = z[:, :, 1] + F.pad(z[:, :-1, 3], (0, 0, 1, 0))
+    odd = z[:, :, 2] + F.pad(z[:, 1:, 0], (0, 0, 0, 1))
+    return (torch.stack([even, odd], dim=2) + bias).view(B, 2 * H, cout)
+
+
+# ----------------------------------------------------------------------------
+# Fused GroupNorm + Mish
+# ----------------------------------------------------------------------------
+
+def _gn_mish_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                     groups: int, eps: float):
+    """x ``(B, H, C)`` -> (mish(groupnorm(x)), xhat ``(B, H, C)``, rstd ``(B, 1, G, 1)``).
+
+    mish(y) = y tanh(softplus(y)) = y n / (n + 2) with n = e (e + 2), e = exp(y).
+    """
+    B, H, C = x.shape
+    xg = x.view(B, H, groups, C // groups)
+    var, mean = torch.var_mean(xg, dim=(1, 3), keepdim=True, correction=0)
+    rstd = torch.rsqrt(var + eps)
+    xhat = ((xg - mean) * rstd).view(B, H, C)
+    y = torch.addcmul(bias, xhat, weight)
+    e = torch.exp(y.clamp(max=_MISH_CLAMP))
+    n = e * (e + 2.0)
+    return y * n / (n + 2.0), xhat, rstd
+
+
+def _gn_mish_backward(grad: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor,
+                      weight: torch.Tensor, bias: torch.Tensor, groups: int):
+    """Gradients (dx, dweight, dbias) of :func:`_gn_mish_forward`.
+
+    mish'(y) = t + 4 y e (e + 1) / (n + 2)^2 with t = n / (n + 2);
+    GroupNorm: dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy * weight,
+    means over each group's (H, C / G) entries.
+    """
+    B, H, C = xhat.shape
+    y = torch.addcmul(bias, xhat, weight)
+    e = torch.exp(y.clamp(max=_MISH_CLAMP))
+    d = e * (e + 2.0) + 2.0
+    dy = grad * ((d - 2.0) / d + 4.0 * y * e * (e + 1.0) / (d * d))
+    gbias = dy.sum(dim=(0, 1))
+    gweight = (dy * xhat).sum(dim=(0, 1))
+    g = (dy * weight).view(B, H, groups, C // groups)
+    xg = xhat.view(B, H, groups, C // groups)
+    m1 = g.mean(dim=(1, 3), keepdim=True)
+    m2 = (g * xg).mean(dim=(1, 3), keepdim=True)
+    gx = ((g - m1 - xg * m2) * rstd).view(B, H, C)
+    return gx, gweight, gbias
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(fn):
+    return torch.compile(fn, dynamic=False)
+
+
+class _GroupNormMish(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int, eps: float):
+        fwd = _compiled(_gn_mish_forward) if _COMPILE else _gn_mish_forward
+        out, xhat, rstd = fwd(x.contiguous(), weight, bias, groups, eps)
+        ctx.save_for_backward(xhat, rstd, weight, bias)
+        ctx.groups = groups
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        xhat, rstd, weight, bias = ctx.saved_tensors
+        bwd = _compiled(_gn_mish_backward) if _COMPILE else _gn_mish_backward
+        gx, gw, gb = bwd(grad.contiguous(), xhat, rstd, weight, bias, ctx.groups)
+        return gx, gw, gb, None, None
+
+
+def group_norm_mish_cl(x: torch.Tensor, groups: int, weight: torch.Tensor,
+                       bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``mish(group_norm(x))`` for channels-last x ``(B, H, C)`` -> ``(B, H, C)``."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or bias.requires_grad):
+        return _GroupNormMish.apply(x, weight, bias, groups, eps)
+    fwd = _compiled(_gn_mish_forward) if _COMPILE else _gn_mish_forward
+    return fwd(x.contiguous(), weight, bias, groups, eps)[0]
