@@ -8,7 +8,7 @@ measurements are interleaved (plain, fused, fused-bf16, plain, ...) so machine
 load hits all alike; per-epoch times are extrapolated from the median step time
 to 430 batches of 128 (55k training images) and say so.
 
-    python benchmarks/bench_noprop.py                 # ~3-5 min on 2 cores
+    python benchmarks/bench_noprop.py                 # ~3 min on 2 busy cores
     python benchmarks/bench_noprop.py --reps 5 --models   # also every table row's step time
 """
 from __future__ import annotations
@@ -92,7 +92,7 @@ def time_interleaved(fns: dict, x, y, reps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reps", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", action="store_true", help="also time one step of every table row's model")
     args = ap.parse_args()
@@ -114,7 +114,8 @@ def main() -> None:
     for k, s in res.items():
         print(f"| {names[k]} | {s:.3f} | {s * BATCHES_PER_EPOCH / 60:.1f} | {res['plain'] / s:.2f}x |")
 
-    xe = torch.randn(2000, 1, 28, 28)
+    n_eval = 1000
+    xe = torch.randn(n_eval, 1, 28, 28)
     fused.eval()
 
     def fused_eval(precision):
@@ -127,13 +128,13 @@ def main() -> None:
         for i in range(0, len(xx), BATCH):
             plain.predict(xx[i:i + BATCH])
     ev = time_interleaved({"plain": plain_eval, "fused": fused_eval("fp32"),
-                           "fused_bf16": fused_eval("bf16")}, xe, None, max(2, args.reps // 2))
-    print(f"\n## NoProp-DT inference, 2000 images (plain: batches of {BATCH}, per-block modules; "
+                           "fused_bf16": fused_eval("bf16")}, xe, None, 2)
+    print(f"\n## NoProp-DT inference, {n_eval} images (plain: batches of {BATCH}, per-block modules; "
           "fused: one batch, image paths of all blocks at once)\n")
-    print("| implementation | s / 2000 images | s / 10k test set (extrapolated) | speed-up |")
+    print(f"| implementation | s / {n_eval} images | s / 10k test set (extrapolated) | speed-up |")
     print("|---|---|---|---|")
     for k, s in ev.items():
-        print(f"| {names[k]} | {s:.2f} | {5 * s:.1f} | {ev['plain'] / s:.2f}x |")
+        print(f"| {names[k]} | {s:.2f} | {10000 / n_eval * s:.1f} | {ev['plain'] / s:.2f}x |")
 
     if args.models:
         models = {"NoProp-DT (paper CNN)": NoPropDT(K, T),

@@ -8,7 +8,9 @@ resumes unfinished ones from their per-epoch checkpoint.  The outputs are
 
 Rows are plain dicts (from the Hydra config)::
 
-    {name, kind: dt | backprop_dt | ct | backprop, backbone, stem, epochs, ...}
+    {name, kind: dt | backprop_dt | ct | fm | backprop, backbone, stem, epochs, ...}
+
+(``fm``, NoProp-FM, is not in the default table; add a row to run it.)
 """
 from __future__ import annotations
 
@@ -28,11 +30,12 @@ from diffpolicy.noprop.backprop import BackboneClassifier, BackpropDT
 from diffpolicy.noprop.ct import NoPropCT
 from diffpolicy.noprop.dt import NoPropDT
 from diffpolicy.noprop.embeddings import class_medoids
+from diffpolicy.noprop.fm import NoPropFM
 from diffpolicy.noprop.train import TrainConfig, fit
 
-KINDS = ("dt", "backprop_dt", "ct", "backprop")
+KINDS = ("dt", "backprop_dt", "ct", "fm", "backprop")
 METHOD = {"dt": "NoProp-DT", "backprop_dt": "Backprop (same T blocks)", "ct": "NoProp-CT",
-          "backprop": "Backprop"}
+          "fm": "NoProp-FM", "backprop": "Backprop"}
 
 
 def build_model(row: dict, data) -> torch.nn.Module:
@@ -49,6 +52,9 @@ def build_model(row: dict, data) -> torch.nn.Module:
                         dropout=row.get("dropout", 0.2), **common)
     if kind == "backprop_dt":
         return BackpropDT(T=row.get("T", 10), dropout=row.get("dropout", 0.2), **common)
+    if kind == "fm":
+        return NoPropFM(row.get("backbone", "resnet18"), stem=row.get("stem", "imagenet"),
+                        dropout=row.get("dropout", 0.2), **common)
     if kind == "ct":
         return NoPropCT(row.get("backbone", "resnet18"), eta=row.get("eta", 1.0),
                         stem=row.get("stem", "imagenet"), dropout=row.get("dropout", 0.2), **common)
@@ -61,11 +67,12 @@ def row_train_config(row: dict, train: dict, seed: int) -> TrainConfig:
     kw = {k: v for k, v in train.items() if k in TrainConfig.__dataclass_fields__}
     kw.update({k: v for k, v in row.get("train", {}).items()})
     kw["epochs"], kw["seed"] = row["epochs"], seed
-    if row["kind"] in ("dt", "ct"):
-        extra = {"steps": row.get("inference_steps", 1000)} if row["kind"] == "ct" else {}
+    if row["kind"] in ("dt", "ct", "fm"):
+        default_steps = {"ct": 1000, "fm": 100}.get(row["kind"])
+        extra = {"steps": row.get("inference_steps", default_steps)} if default_steps else {}
         kw["predict_modes"] = {"deterministic": dict(extra), "stochastic": dict(extra, stochastic=True)}
-        if row["kind"] == "ct":
-            kw["val_overrides"] = {"steps": row.get("val_inference_steps", 100)}
+        if default_steps:
+            kw["val_overrides"] = {"steps": row.get("val_inference_steps", min(100, default_steps))}
     else:
         kw["predict_modes"] = {"deterministic": {}}
     return TrainConfig(**kw)

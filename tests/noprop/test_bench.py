@@ -31,6 +31,8 @@ def test_row_settings_reach_the_models():
     ct = next(r for r in cfg["rows"] if r["kind"] == "ct")
     tc = row_train_config(ct, cfg["train"], seed=0)
     assert tc.predict_modes["deterministic"]["steps"] == 1000 and tc.val_overrides == {"steps": 100}
+    fm = row_train_config({"name": "fm", "kind": "fm", "epochs": 1}, cfg["train"], seed=0)
+    assert fm.predict_modes["stochastic"] == {"steps": 100, "stochastic": True}
     with pytest.raises(ValueError, match="kind expected one of"):
         build_model({"name": "x", "kind": "magic"}, None)
 
@@ -64,3 +66,11 @@ def test_summary_reports_mean_and_standard_error():
     m, se = lines[0]["test_acc"]["deterministic"]
     assert abs(m - 91.0) < 1e-9 and abs(se - 1.0) < 1e-9
     assert "91.00 ± 1.00" in markdown_table(lines, {"seeds": [0, 1]})
+
+
+def test_print_config_and_parallel_guard(capsys):
+    assert main(["--quick", "--print-config", "seeds=[5]"]) == 0
+    assert json.loads(capsys.readouterr().out)["seeds"] == [5]
+    from diffpolicy.noprop.train import TrainConfig, fit_dt_parallel
+    with pytest.raises(ValueError, match="parallel training runs every held block"):
+        fit_dt_parallel({}, None, TrainConfig(block_schedule="sweep"), 2, "/tmp/unused")
