@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import sys
 import time
@@ -41,6 +42,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-3
+    lr_schedule: str = "constant"              # constant (the paper) | cosine (decay to 0 by the last epoch)
     block_schedule: str = "all"
     seed: int = 0
     precision: str = "fp32"
@@ -57,6 +59,8 @@ class TrainConfig:
                              f"got {self.block_schedule!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not self.predict_modes:
             raise ValueError("predict_modes must name at least one inference mode")
 
@@ -143,6 +147,13 @@ class Optimizers:
         if self.rest:
             self.rest.step()
 
+    def set_lr(self, lr: float) -> None:
+        if self.blocks:
+            self.blocks.lr = lr
+        if self.rest:
+            for group in self.rest.param_groups:
+                group["lr"] = lr
+
     def state_dict(self) -> dict:
         return {"blocks": self.blocks.state_dict() if self.blocks else None,
                 "rest": self.rest.state_dict() if self.rest else None}
@@ -176,8 +187,10 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimizers,
                 cfg: TrainConfig, data_gen: torch.Generator, noise_gen: torch.Generator,
-                desc: str = "train", shared_weight: float = 1.0, sync=None) -> dict:
-    """One epoch (see module docstring); returns ``loss`` (mean total), ``seconds``, ``steps``."""
+                desc: str = "train", shared_weight: float = 1.0, sync=None, epoch: int = 0) -> dict:
+    """One epoch (see module docstring); returns ``loss`` (mean total), ``seconds``, ``steps``.
+
+    ``epoch`` (0-based) places the epoch in ``cfg.lr_schedule``."""
     model.train()
     n_batches = -(-len(x) // cfg.batch_size)
     plan = epoch_plan(model, n_batches, cfg.block_schedule, data_gen)
@@ -198,6 +211,9 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimiz
             losses["total"].backward()
             if sync is not None:
                 sync(model)
+            if cfg.lr_schedule == "cosine":
+                frac = (epoch + steps / total_steps) / cfg.epochs
+                opt.set_lr(cfg.lr * 0.5 * (1 + math.cos(math.pi * frac)))
             opt.step(sl)
             steps += 1
             loss_sum += losses["total"].item()
@@ -263,7 +279,7 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
     modes = list(cfg.predict_modes.items())
     for epoch in range(start, cfg.epochs):
         stats = train_epoch(model, train_x, train_y, opt, cfg, data_gen, noise_gen,
-                            desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}")
+                            desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", epoch=epoch)
         stats["val_acc"] = accuracy(model, data.val_x, data.val_y, cfg.eval_batch,
                                     cfg.precision, **{**modes[0][1], **cfg.val_overrides})
         stats["epoch"] = epoch + 1
@@ -326,7 +342,7 @@ def _parallel_worker(rank: int, world_size: int, init_method: str, model_kwargs:
         for epoch in range(cfg.epochs):
             stats = train_epoch(part, data.train_x, data.train_y, opt, cfg, data_gen, noise_gen,
                                 desc=f"worker {rank} epoch {epoch + 1}", shared_weight=1 / world_size,
-                                sync=_allreduce_shared)
+                                sync=_allreduce_shared, epoch=epoch)
             history.append(stats)
         torch.save({"model": part, "history": history}, Path(out_dir) / f"part{rank}.pt")
         dist.barrier()

@@ -146,3 +146,24 @@ def test_parallel_training_on_two_gloo_processes_matches_serial(tmp_path):
         torch.testing.assert_close(ps[k], ss[k], atol=2e-5, rtol=1e-4, msg=k)
     x = data.test_x
     assert torch.equal(predict_all(par, x), predict_all(serial, x))
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero():
+    data = tiny_splits(n_train=32)
+    m = _dt()
+    seen = []
+    from diffpolicy.noprop import train as train_mod
+    orig = train_mod.Optimizers.set_lr
+
+    def spy(self, lr):
+        seen.append(lr)
+        orig(self, lr)
+    train_mod.Optimizers.set_lr = spy
+    try:
+        fit(m, data, _cfg(epochs=2, lr=1e-2, lr_schedule="cosine"), log=lambda *_: None)
+    finally:
+        train_mod.Optimizers.set_lr = orig
+    assert len(seen) == 4 and seen[0] == pytest.approx(1e-2) and seen[-1] < 1.5e-3
+    assert all(a > b for a, b in zip(seen, seen[1:]))
+    with pytest.raises(ValueError, match="lr_schedule: expected"):
+        TrainConfig(lr_schedule="step")
