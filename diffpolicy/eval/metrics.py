@@ -26,14 +26,16 @@ def t_quantile_975(df: int) -> float:
     return _T975[max(k for k in _T975 if k <= df)]
 
 
-def mean_ci(values: list[float] | np.ndarray) -> dict[str, float]:
-    """``{mean, ci_low, ci_high, std, n}`` with a t-based 95 % interval for the mean."""
+def mean_ci(values: list[float] | np.ndarray, lo: float = 0.0, hi: float = 1.0) -> dict[str, float]:
+    """``{mean, ci_low, ci_high, std, n}`` with a t-based 95 % interval for the mean,
+    clipped to the values' possible range ``[lo, hi]``."""
     x = np.asarray(values, dtype=float)
     n = len(x)
     mean = float(x.mean()) if n else float("nan")
     sd = float(x.std(ddof=1)) if n > 1 else 0.0
     half = t_quantile_975(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
-    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "std": sd, "n": n}
+    return {"mean": mean, "ci_low": max(lo, mean - half), "ci_high": min(hi, mean + half),
+            "std": sd, "n": n}
 
 
 def wilson_ci(successes: int, n: int, z: float = 1.96) -> dict[str, float]:

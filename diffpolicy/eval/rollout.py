@@ -106,9 +106,9 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
             obs, info = env.reset(seed=seed)
             history.append([obs] * to)
             info0.append(info)
-        stats = {s: dict(max_reward=0.0, max_coverage=float(info.get("coverage", 0.0)),
-                         coverage=float(info.get("coverage", 0.0)), success=False, steps=0)
-                 for s, info in zip(chunk, info0)}
+        # maxima are over the steps taken (as the reference's runner does), not the reset state
+        stats = {s: dict(max_reward=0.0, max_coverage=0.0, coverage=float(info["coverage"]),
+                         success=False, steps=0) for s, info in zip(chunk, info0)}
         for env, s in zip(envs, chunk):
             if s in record_seeds:
                 result.frames[s] = [env.render()]

@@ -50,6 +50,7 @@ class TrainingConfig:
     eval_every: int = 0
     eval_episodes: int = 10
     eval_seed_start: int = 200000
+    eval_max_steps: int = 300
     checkpoint_every: int = 500
     keep_best: int = 3
     num_threads: int | None = None

@@ -27,7 +27,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -410,5 +410,6 @@ def _in_training_eval(policy: DiffusionPolicy, run: TrainConfig, device: torch.d
 
     t = run.training
     seeds = list(range(t.eval_seed_start, t.eval_seed_start + t.eval_episodes))
-    result = run_rollouts(policy, run.task.obs_type, seeds, device=device, progress=False)
+    result = run_rollouts(policy, run.task.obs_type, seeds, max_steps=t.eval_max_steps, device=device,
+                          progress=False)
     return result.score, result.success_rate

@@ -1,39 +1,12 @@
-"""Fixtures for the policy tests: a small copy of the Push-T demos and tiny run configs."""
+"""Fixtures for the policy tests: a small copy of the Push-T demos."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from diffpolicy.datasets import ReplayBuffer
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "diffpolicy" / "configs"
-
-
-def compose_config(name: str, overrides: list[str]) -> dict:
-    """The config Hydra would compose for ``diffpolicy-<name> <overrides>``, as a plain dict."""
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
-        cfg = compose(config_name=name, overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def tiny_overrides(store: Path, run_dir: Path, task: str = "pusht_keypoints", steps: int = 12,
-                   **extra) -> list[str]:
-    """A few-second run: 2-level-wide tiny UNet, small batches, frequent checkpoints."""
-    over = {"task": task, "task.dataset_path": str(store), "run_dir": str(run_dir),
-            "policy.down_dims": "[16,32,64]", "policy.step_embed_dim": 16,
-            "policy.num_inference_steps": 4, "training.batch_size": 16,
-            "training.max_steps": steps, "training.warmup_steps": 2, "training.log_every": 2,
-            "training.val_every": 6, "training.checkpoint_every": 4, "training.eval_every": 0,
-            "training.num_threads": 1}
-    if task == "pusht_image":
-        over.update({"policy.crop_shape": "[76,76]", "training.batch_size": 4})
-    over.update(extra)
-    return [f"{k}={v}" for k, v in over.items()]
 
 
 @pytest.fixture(scope="session")

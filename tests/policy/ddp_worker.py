@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import compose_config  # noqa: E402
+from policy_helpers import compose_config  # noqa: E402
 
 from diffpolicy.policy import train as train_mod  # noqa: E402
 

@@ -8,7 +8,7 @@ import torch
 
 from diffpolicy.policy.checkpoint import load_checkpoint
 
-from conftest import tiny_overrides
+from policy_helpers import tiny_overrides
 
 HERE = Path(__file__).resolve().parent
 

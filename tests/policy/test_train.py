@@ -19,7 +19,7 @@ from diffpolicy.policy.checkpoint import CheckpointError, load_checkpoint
 from diffpolicy.policy.run_config import ConfigError
 from diffpolicy.policy.train import train
 
-from conftest import compose_config, tiny_overrides
+from policy_helpers import compose_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
