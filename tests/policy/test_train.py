@@ -150,3 +150,8 @@ def test_cli_prints_one_clear_error(small_store, tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "x.zarr" in out.stderr and "Traceback" not in out.stderr
+    # Hydra itself refuses an unknown key given without "+"
+    out = subprocess.run([sys.executable, "-m", "diffpolicy.cli.train", "training.lrr=1",
+                          f"run_dir={tmp_path / 'r2'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "Could not override 'training.lrr'" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "r2").exists()
