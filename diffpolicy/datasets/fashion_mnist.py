@@ -17,6 +17,7 @@ Usage::
 """
 from __future__ import annotations
 
+import functools
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +75,21 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+@functools.lru_cache(maxsize=2)
+def _read_all(root: Path) -> dict[str, np.ndarray]:
+    """The four arrays of ``root`` (cached: quick runs load the set once per process)."""
+    out = {}
+    for key, stem in FILES.items():
+        arr = read_idx(find_idx_file(root, stem), 3 if key.endswith("images") else 1)
+        arr.setflags(write=False)
+        out[key] = arr
+    return out
+
+
 def load_fashion_mnist(root: str | Path | None = None, download: bool = False
                        ) -> dict[str, np.ndarray]:
     """The raw arrays: ``train_images (60000, 28, 28)``, ``train_labels (60000,)``,
-    ``test_images (10000, 28, 28)``, ``test_labels (10000,)``, all uint8.
+    ``test_images (10000, 28, 28)``, ``test_labels (10000,)``, all uint8, read-only.
 
     ``root`` defaults to ``diffpolicy.paths.fmnist_dir()``.  With ``download=True``
     and files missing, torchvision downloads them into ``root`` (needs network).
@@ -86,9 +98,7 @@ def load_fashion_mnist(root: str | Path | None = None, download: bool = False
     if download and not all((root / f"{s}.gz").is_file() or (root / s).is_file()
                             for s in FILES.values()):
         root = _torchvision_download(root)
-    out = {}
-    for key, stem in FILES.items():
-        out[key] = read_idx(find_idx_file(root, stem), 3 if key.endswith("images") else 1)
+    out = dict(_read_all(Path(root).resolve()))
     for split in ("train", "test"):
         n_img, n_lab = len(out[f"{split}_images"]), len(out[f"{split}_labels"])
         if n_img != n_lab:
@@ -113,8 +123,8 @@ def _torchvision_download(root: Path) -> Path:
 
 def normalization_stats(images: np.ndarray | torch.Tensor) -> tuple[float, float]:
     """Mean and std of pixel values scaled to [0, 1]; ``images`` uint8 ``(N, H, W)``."""
-    x = torch.as_tensor(np.asarray(images)).double() / 255.0
-    return float(x.mean()), float(x.std())
+    x = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    return float(x.mean(dtype=np.float64) / 255.0), float(x.std(dtype=np.float64, ddof=1) / 255.0)
 
 
 @dataclass

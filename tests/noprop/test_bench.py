@@ -38,10 +38,11 @@ def test_row_settings_reach_the_models():
 
 
 def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, capsys):
+    """In-process (isolate=false) on one thread; the per-row process path is tested below."""
     out = tmp_path / "quick"
     only = "only=[noprop-dt,backprop-resnet18]"
-    args = ["--quick", f"out_dir={out}", only, "data.train_subset=256",
-            "data.val_size=256", "data.test_subset=256", "train.max_steps_per_epoch=2",
+    args = ["--quick", f"out_dir={out}", only, "isolate=false", "threads=1", "data.train_subset=256",
+            "data.val_size=256", "data.test_subset=256", "train.max_steps_per_epoch=2", "train.batch_size=32",
             f"data.root={fmnist_root}"]
     assert main(args) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
@@ -74,3 +75,12 @@ def test_print_config_and_parallel_guard(capsys):
     from diffpolicy.noprop.train import TrainConfig, fit_dt_parallel
     with pytest.raises(ValueError, match="parallel training runs every held block"):
         fit_dt_parallel({}, None, TrainConfig(block_schedule="sweep"), 2, "/tmp/unused")
+
+
+def test_rows_run_in_their_own_process_and_report_its_memory(fmnist_root, tmp_path):
+    out = tmp_path / "iso"
+    assert main(["--quick", f"out_dir={out}", "only=[noprop-dt]", "threads=1",
+                 "data.train_subset=64", "data.val_size=64", "data.test_subset=64",
+                 "train.max_steps_per_epoch=1", f"data.root={fmnist_root}"]) == 0
+    run = json.loads((out / "rows" / "noprop-dt_seed0.json").read_text())
+    assert run["threads"] == 1 and run["peak_rss_mb"] > 100 and run["n_train"] == 64
