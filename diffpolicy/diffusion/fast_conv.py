@@ -27,11 +27,12 @@ import torch
 from torch.nn import functional as F
 
 _COMPILE = False
-# conv1d_cl uses one product per output step when H <= PER_STEP_MAX_H (padding
-# wastes >= 2/H of a "same" conv's work) and the layer is big enough
-# (B * Cin * Cout >= PER_STEP_MIN_WORK) for H separate products to stay efficient.
-PER_STEP_MAX_H = 8
-PER_STEP_MIN_WORK = 256 * 256 * 256
+# conv1d_cl runs one product per output step when H <= PER_STEP_MAX_H and the
+# products are big enough to stay efficient (batch and input channels both >=
+# PER_STEP_MIN_ROWS, so training batches); otherwise one im2col product (fewer
+# ops: better for batch-1 inference and the 2-channel input layer).
+PER_STEP_MAX_H = 16
+PER_STEP_MIN_ROWS = 16
 _MISH_CLAMP = 20.0   # tanh(softplus(y)) == 1 in float32 for y > 20
 
 
@@ -72,7 +73,8 @@ class _TemporalConv(torch.autograd.Function):
         xf = x.reshape(B, H * cin)
         out = torch.empty(B, H, wk.shape[1], dtype=x.dtype, device=x.device)
         for t, s0, s1, j0, j1 in _plan(H, kernel):
-            torch.addmm(bias, xf[:, s0 * cin:s1 * cin], wk[j0 * cin:j1 * cin], out=out[:, t])
+            torch.mm(xf[:, s0 * cin:s1 * cin], wk[j0 * cin:j1 * cin], out=out[:, t])
+        out += bias
         ctx.save_for_backward(x, wk)
         ctx.kernel = kernel
         return out
@@ -99,6 +101,44 @@ class _TemporalConv(torch.autograd.Function):
         return gx, gw, gb, None
 
 
+class _Im2colConv(torch.autograd.Function):
+    """The same convolution as one im2col product: cols ``(B H, k Cin)`` @ wk.
+
+    Backward: dW = cols^T grad; dx = fold(grad wk^T), the fold being k shifted
+    adds (cheaper than autograd's ``unfold_backward``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, wk: torch.Tensor, bias: torch.Tensor,
+                kernel: int) -> torch.Tensor:
+        B, H, cin = x.shape
+        pad = kernel // 2
+        cols = F.pad(x, (0, 0, pad, pad)).unfold(1, kernel, 1)             # (B, H, Cin, k)
+        cols = cols.transpose(2, 3).reshape(B * H, kernel * cin)
+        ctx.save_for_backward(cols, wk)
+        ctx.shape = (B, H, cin, kernel)
+        return torch.addmm(bias, cols, wk).view(B, H, -1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cols, wk = ctx.saved_tensors
+        B, H, cin, kernel = ctx.shape
+        pad = kernel // 2
+        g2 = grad.reshape(B * H, -1)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gcols = (g2 @ wk.t()).view(B, H, kernel, cin)
+            gpad = torch.zeros(B, H + 2 * pad, cin, dtype=grad.dtype, device=grad.device)
+            for j in range(kernel):
+                gpad[:, j:j + H].add_(gcols[:, :, j])
+            gx = gpad[:, pad:pad + H]
+        if ctx.needs_input_grad[1]:
+            gw = cols.t() @ g2
+        if ctx.needs_input_grad[2]:
+            gb = g2.sum(dim=0)
+        return gx, gw, gb, None
+
+
 def conv1d_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``F.conv1d(x, weight, bias, padding=k // 2)`` in channels-last layout.
 
@@ -108,12 +148,10 @@ def conv1d_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torc
     cout, cin, k = weight.shape
     wk = weight.permute(2, 1, 0).reshape(k * cin, cout)   # a view for tap-major weights
     B, H, _ = x.shape
-    if H <= PER_STEP_MAX_H and B * cin * cout >= PER_STEP_MIN_WORK:
+    if H <= PER_STEP_MAX_H and min(B, cin) >= PER_STEP_MIN_ROWS:
         return _TemporalConv.apply(x.contiguous(), wk, bias, k)
     # small layers or long sequences: one im2col product (few ops, little padding waste)
-    cols = F.pad(x, (0, 0, k // 2, k // 2)).unfold(1, k, 1)             # (B, H, Cin, k)
-    cols = cols.transpose(2, 3).reshape(B * H, k * cin)
-    return torch.addmm(bias, cols, wk).view(B, H, cout)
+    return _Im2colConv.apply(x, wk, bias, k)
 
 
 def linear_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -152,42 +190,49 @@ def upsample_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
 
 def _gn_mish_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                      groups: int, eps: float):
-    """x ``(B, H, C)`` -> (mish(groupnorm(x)), xhat ``(B, H, C)``, rstd ``(B, 1, G, 1)``).
+    """x ``(B, H, C)`` -> (mish(y), xhat, mish'(y), rstd ``(B, 1, G, 1)``),
+    y = groupnorm(x) = xhat * weight + bias.
 
-    mish(y) = y tanh(softplus(y)) = y n / (n + 2) with n = e (e + 2), e = exp(y).
+    With e = exp(y), n = e (e + 2): tanh(softplus(y)) = n / (n + 2), so
+    mish(y) = y n / (n + 2) and mish'(y) = n / (n + 2) + 4 y (n - e) / (n + 2)^2
+    (y is clamped at 20 inside exp, where both are exact in float32).  Group
+    statistics use two passes (mean, then mean of squared deviations), reduced
+    over the (H, C / G) entries of each group.
     """
     B, H, C = x.shape
     xg = x.view(B, H, groups, C // groups)
-    var, mean = torch.var_mean(xg, dim=(1, 3), keepdim=True, correction=0)
-    rstd = torch.rsqrt(var + eps)
-    xhat = ((xg - mean) * rstd).view(B, H, C)
+    mean = xg.mean(dim=(1, 3), keepdim=True)
+    dev = xg - mean
+    rstd = torch.rsqrt((dev * dev).mean(dim=(1, 3), keepdim=True) + eps)
+    xhat = dev.mul_(rstd).view(B, H, C)
     y = torch.addcmul(bias, xhat, weight)
     e = torch.exp(y.clamp(max=_MISH_CLAMP))
-    n = e * (e + 2.0)
-    return y * n / (n + 2.0), xhat, rstd
+    n = (e + 2.0).mul_(e)
+    d = n + 2.0
+    tsp = n / d                                                    # tanh(softplus(y))
+    out = y * tsp
+    dmish = torch.addcdiv(tsp, n.sub_(e).mul_(y), d.mul_(d), value=4.0)
+    return out, xhat, dmish, rstd
 
 
-def _gn_mish_backward(grad: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor,
-                      weight: torch.Tensor, bias: torch.Tensor, groups: int):
+def _gn_mish_backward(grad: torch.Tensor, xhat: torch.Tensor, dmish: torch.Tensor,
+                      rstd: torch.Tensor, weight: torch.Tensor, groups: int):
     """Gradients (dx, dweight, dbias) of :func:`_gn_mish_forward`.
 
-    mish'(y) = t + 4 y e (e + 1) / (n + 2)^2 with t = n / (n + 2);
-    GroupNorm: dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy * weight,
-    means over each group's (H, C / G) entries.
+    dy = grad mish'(y); GroupNorm: dx = rstd (g - mean(g) - xhat mean(g xhat)) with
+    g = dy weight, means over each group's (H, C / G) entries.
     """
     B, H, C = xhat.shape
-    y = torch.addcmul(bias, xhat, weight)
-    e = torch.exp(y.clamp(max=_MISH_CLAMP))
-    d = e * (e + 2.0) + 2.0
-    dy = grad * ((d - 2.0) / d + 4.0 * y * e * (e + 1.0) / (d * d))
+    dy = grad * dmish
     gbias = dy.sum(dim=(0, 1))
-    gweight = (dy * xhat).sum(dim=(0, 1))
-    g = (dy * weight).view(B, H, groups, C // groups)
-    xg = xhat.view(B, H, groups, C // groups)
+    dyx = dy * xhat
+    gweight = dyx.sum(dim=(0, 1))
+    shape = (B, H, groups, C // groups)
+    g = (dy.mul_(weight)).view(shape)
     m1 = g.mean(dim=(1, 3), keepdim=True)
-    m2 = (g * xg).mean(dim=(1, 3), keepdim=True)
-    gx = ((g - m1 - xg * m2) * rstd).view(B, H, C)
-    return gx, gweight, gbias
+    m2 = dyx.mul_(weight).view(shape).mean(dim=(1, 3), keepdim=True)
+    gx = g.sub_(m1).sub_(xhat.view(shape) * m2).mul_(rstd)
+    return gx.view(B, H, C), gweight, gbias
 
 
 @functools.lru_cache(maxsize=None)
@@ -199,17 +244,31 @@ class _GroupNormMish(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, groups: int, eps: float):
         fwd = _compiled(_gn_mish_forward) if _COMPILE else _gn_mish_forward
-        out, xhat, rstd = fwd(x.contiguous(), weight, bias, groups, eps)
-        ctx.save_for_backward(xhat, rstd, weight, bias)
+        out, xhat, dmish, rstd = fwd(x.contiguous(), weight, bias, groups, eps)
+        ctx.save_for_backward(xhat, dmish, rstd, weight)
         ctx.groups = groups
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        xhat, rstd, weight, bias = ctx.saved_tensors
+        xhat, dmish, rstd, weight = ctx.saved_tensors
         bwd = _compiled(_gn_mish_backward) if _COMPILE else _gn_mish_backward
-        gx, gw, gb = bwd(grad.contiguous(), xhat, rstd, weight, bias, ctx.groups)
+        gx, gw, gb = bwd(grad.contiguous(), xhat, dmish, rstd, weight, ctx.groups)
         return gx, gw, gb, None, None
+
+
+def _gn_mish_inference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       groups: int, eps: float) -> torch.Tensor:
+    """Forward only (nothing saved): group norm, then mish(y) = y n / (n + 2)."""
+    B, H, C = x.shape
+    xg = x.view(B, H, groups, C // groups)
+    mean = xg.mean(dim=(1, 3), keepdim=True)
+    dev = xg - mean
+    rstd = torch.rsqrt((dev * dev).mean(dim=(1, 3), keepdim=True) + eps)
+    y = torch.addcmul(bias, dev.mul_(rstd).view(B, H, C), weight)
+    e = torch.exp(y.clamp(max=_MISH_CLAMP))
+    n = (e + 2.0).mul_(e)
+    return y.mul_(n).div_(n.add_(2.0))
 
 
 def group_norm_mish_cl(x: torch.Tensor, groups: int, weight: torch.Tensor,
@@ -218,5 +277,5 @@ def group_norm_mish_cl(x: torch.Tensor, groups: int, weight: torch.Tensor,
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or bias.requires_grad):
         return _GroupNormMish.apply(x, weight, bias, groups, eps)
-    fwd = _compiled(_gn_mish_forward) if _COMPILE else _gn_mish_forward
-    return fwd(x.contiguous(), weight, bias, groups, eps)[0]
+    fwd = _compiled(_gn_mish_inference) if _COMPILE else _gn_mish_inference
+    return fwd(x.contiguous(), weight, bias, groups, eps)
