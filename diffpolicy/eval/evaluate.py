@@ -30,7 +30,7 @@ from diffpolicy.policy.run_config import ConfigError
 
 EVAL_KEYS = {"checkpoint", "task", "n_episodes", "seed_start", "max_steps", "n_envs", "use_ema",
              "sampler", "num_inference_steps", "sampling_seed", "device", "output_dir", "n_videos",
-             "video_format", "latency_calls", "num_threads", "hydra"}
+             "video_format", "video_size", "latency_calls", "num_threads", "hydra"}
 
 
 def load_policy(path: str | Path, use_ema: bool = True, task: str | None = None,
@@ -112,7 +112,8 @@ def evaluate(cfg: Any) -> dict:
     t0 = time.perf_counter()
     result = run_rollouts(policy, obs_type, seeds, max_steps=c["max_steps"], n_envs=c["n_envs"],
                           device=device, sampling_seed=c["sampling_seed"], record_seeds=record,
-                          keep_final_frames=True, sampler=c.get("sampler"),
+                          keep_final_frames=True, video_size=c.get("video_size", 256),
+                          sampler=c.get("sampler"),
                           num_inference_steps=c.get("num_inference_steps"))
     rollout_s = time.perf_counter() - t0
     summary = summarize(result.episodes)

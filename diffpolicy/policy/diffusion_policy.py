@@ -164,7 +164,7 @@ class DiffusionPolicy(nn.Module):
         return self.compute_loss(batch)
 
     # --------------------------------------------------------------- inference
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample_actions(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
                        sampler: str | None = None, num_inference_steps: int | None = None
                        ) -> torch.Tensor:
@@ -179,7 +179,7 @@ class DiffusionPolicy(nn.Module):
                    clip_sample=cfg.clip_sample, generator=generator)
         return self.normalizer.unnormalize("action", x)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_action(self, obs: dict[str, torch.Tensor] | torch.Tensor,
                        generator: torch.Generator | None = None, sampler: str | None = None,
                        num_inference_steps: int | None = None) -> torch.Tensor:
