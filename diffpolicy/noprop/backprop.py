@@ -17,7 +17,7 @@ from torch import nn
 
 from diffpolicy.diffusion.schedule import noprop_schedule
 from diffpolicy.noprop.blocks import StackedPaperBlocks, resnet_backbone
-from diffpolicy.noprop.embeddings import LabelEmbedding
+from diffpolicy.noprop.embeddings import LabelEmbedding, init_head_as_nearest_embedding
 
 
 class BackpropDT(nn.Module):
@@ -26,7 +26,8 @@ class BackpropDT(nn.Module):
     def __init__(self, n_classes: int = 10, T: int = 10, embedding: str = "learned",
                  embed_dim: int = 20, prototypes: torch.Tensor | None = None,
                  schedule: str = "cosine", dropout: float = 0.2, in_channels: int = 1,
-                 image_size: int = 28, channels_last: bool = True):
+                 image_size: int = 28, channels_last: bool = True,
+                 head_init: str = "embedding"):
         super().__init__()
         sched = noprop_schedule(T, schedule)
         self.T = T
@@ -36,6 +37,10 @@ class BackpropDT(nn.Module):
         self.blocks = StackedPaperBlocks(T, self.embed.dim, n_classes, in_channels, image_size,
                                          dropout, channels_last)
         self.head = nn.Linear(self.embed.dim, n_classes)
+        if head_init == "embedding":
+            init_head_as_nearest_embedding(self.head, self.embed.weight)
+        elif head_init != "default":
+            raise ValueError(f"head_init: expected 'embedding' or 'default', got {head_init!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.blocks.image_features(x)                               # (T, B, 256)

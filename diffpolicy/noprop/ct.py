@@ -24,7 +24,7 @@ from torch import nn
 from diffpolicy.diffusion.embeddings import sinusoidal_embedding
 from diffpolicy.noprop.blocks import HIDDEN, PaperBlock, resnet_backbone
 from diffpolicy.noprop.dt import posterior_coefficients
-from diffpolicy.noprop.embeddings import LabelEmbedding
+from diffpolicy.noprop.embeddings import LabelEmbedding, init_head_as_nearest_embedding
 
 
 class MonotoneSchedule(nn.Module):
@@ -78,7 +78,7 @@ class NoPropCT(nn.Module):
                  embed_dim: int = 20, prototypes: torch.Tensor | None = None, eta: float = 1.0,
                  gamma_0: float = 10.0, gamma_1: float = -4.0, time_dim: int = 64,
                  stem: str = "imagenet", dropout: float = 0.2, in_channels: int = 1,
-                 image_size: int = 28):
+                 image_size: int = 28, head_init: str = "embedding"):
         super().__init__()
         self.eta, self.time_dim, self.n_classes = eta, time_dim, n_classes
         self.embed = LabelEmbedding(embedding, n_classes, embed_dim, prototypes)
@@ -97,6 +97,10 @@ class NoPropCT(nn.Module):
                                  nn.Linear(HIDDEN, 128), nn.BatchNorm1d(128), nn.ReLU(),
                                  nn.Linear(128, n_classes))
         self.head = nn.Linear(d, n_classes)
+        if head_init == "embedding":
+            init_head_as_nearest_embedding(self.head, self.embed.weight)
+        elif head_init != "default":
+            raise ValueError(f"head_init: expected 'embedding' or 'default', got {head_init!r}")
         self.schedule = MonotoneSchedule(gamma_0, gamma_1)
         self.backbone.to(memory_format=torch.channels_last)
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from diffpolicy.diffusion.schedule import NoPropSchedule, noprop_schedule
 from diffpolicy.noprop.blocks import StackedPaperBlocks
-from diffpolicy.noprop.embeddings import LabelEmbedding
+from diffpolicy.noprop.embeddings import LabelEmbedding, init_head_as_nearest_embedding
 
 
 def check_schedule(sched: NoPropSchedule) -> None:
@@ -56,7 +56,8 @@ class NoPropDT(nn.Module):
                  embed_dim: int = 20, prototypes: torch.Tensor | None = None,
                  schedule: str | NoPropSchedule = "cosine", eta: float = 0.1,
                  dropout: float = 0.2, in_channels: int = 1, image_size: int = 28,
-                 channels_last: bool = True, block_ids: list[int] | None = None):
+                 channels_last: bool = True, block_ids: list[int] | None = None,
+                 head_init: str = "embedding"):
         super().__init__()
         sched = noprop_schedule(T, schedule) if isinstance(schedule, str) else schedule
         check_schedule(sched)
@@ -71,6 +72,10 @@ class NoPropDT(nn.Module):
         self.blocks = StackedPaperBlocks(len(self.block_ids), self.embed.dim, n_classes,
                                          in_channels, image_size, dropout, channels_last)
         self.head = nn.Linear(self.embed.dim, n_classes)
+        if head_init == "embedding":
+            init_head_as_nearest_embedding(self.head, self.embed.weight)
+        elif head_init != "default":
+            raise ValueError(f"head_init: expected 'embedding' or 'default', got {head_init!r}")
 
     @property
     def shared_parameters(self) -> list[nn.Parameter]:

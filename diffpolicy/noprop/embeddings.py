@@ -66,3 +66,21 @@ class LabelEmbedding(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.weight[y]
+
+
+@torch.no_grad()
+def init_head_as_nearest_embedding(head: nn.Linear, embed_weight: torch.Tensor,
+                                   sharpness: float = 10.0) -> None:
+    """Start a linear head ``z -> logits`` as the nearest-class-embedding classifier.
+
+    ``logits_k = c (z . u_k - ||u_k||^2 / 2)`` (= ``-c/2 ||z - u_k||^2`` up to a
+    term common to all classes) with ``c = sharpness / mean_k ||u_k||^2``.  The head
+    is then trained by cross-entropy as usual; without this start, a linear head
+    trained by AdamW at lr 1e-3 needs thousands of steps to turn the near-unit
+    latents into confident logits, and it, not the blocks, limited accuracy
+    after a few epochs (blocks at ~80 % while the head on clean z_T was at ~25 %).
+    """
+    w = embed_weight.detach().float()
+    c = sharpness / w.pow(2).sum(1).mean().clamp_min(1e-8)
+    head.weight.copy_(c * w)
+    head.bias.copy_(-0.5 * c * w.pow(2).sum(1))

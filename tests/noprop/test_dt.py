@@ -197,3 +197,21 @@ def test_subset_and_merge_keep_the_model(model, batch):
     torch.testing.assert_close(merged.predict(x), model.predict(x))
     with pytest.raises(ValueError, match="block_ids must be contiguous"):
         NoPropDT(block_ids=[1, 3])
+
+
+@pytest.mark.parametrize("embedding", ["one_hot", "learned", "prototype"])
+def test_head_starts_as_nearest_embedding_classifier(embedding):
+    """The head begins able to read z_T ~ q(z_T | y); a default init cannot (it limited accuracy)."""
+    torch.manual_seed(0)
+    protos = torch.randn(K, 1, 6, 6) * 3 if embedding == "prototype" else None
+    m = NoPropDT(embedding=embedding, prototypes=protos, image_size=IMG)
+    y = torch.arange(K).repeat(50)
+    u = m.embed(y)
+    z_T = m.sample_latents(u, torch.tensor([m.T]), torch.randn(1, *u.shape))[0]
+    assert (m.head(z_T).argmax(-1) == y).float().mean() > 0.95
+    assert m.head_loss(u, y, torch.randn_like(u)) < 0.1
+    torch.manual_seed(0)
+    plain = NoPropDT(embedding=embedding, prototypes=protos, image_size=IMG, head_init="default")
+    assert plain.head_loss(u.detach(), y, torch.randn_like(u)) > 1.0
+    with pytest.raises(ValueError, match="head_init: expected"):
+        NoPropDT(head_init="zeros", image_size=IMG)
