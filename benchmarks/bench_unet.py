@@ -38,6 +38,7 @@ CONFIGS = {   # name: (down_dims, step_embed_dim)
     "published low-dim [256,512,1024]": ((256, 512, 1024), 256),
     "candidate [128,256,512]": ((128, 256, 512), 128),
     "candidate [64,128,256]": ((64, 128, 256), 64),
+    "candidate [32,64,128]": ((32, 64, 128), 32),
 }
 
 
@@ -125,7 +126,8 @@ def bench_training(names, batch: int, warmup: int, repeats: int, compile_gn: boo
     return rows
 
 
-def bench_latency(names, repeats: int, sampler_steps):
+def bench_latency(names, repeats: int, sampler_steps, compile_model: bool):
+    """Per model: one UNet call (plain, fast[, compiled fast]) and whole sampling calls."""
     rows = []
     x, t = torch.randn(1, HORIZON, ACTION_DIM), torch.tensor([50])
     cond = torch.randn(1, COND_DIM)
@@ -135,24 +137,30 @@ def bench_latency(names, repeats: int, sampler_steps):
         plain = ConditionalUnet1D(ACTION_DIM, COND_DIM, dims, dsed, 5, fast=False).eval()
         fast = ConditionalUnet1D(ACTION_DIM, COND_DIM, dims, dsed, 5, fast=True).eval()
         fast.load_state_dict(plain.state_dict())
+        models = {"plain": plain, "fast": fast}
+        if compile_model:
+            models["fast+compile"] = torch.compile(fast, dynamic=False)
         with torch.no_grad():
-            res = {}
-            for key, m in (("plain", plain), ("fast", fast)):
+            res = {key: [] for key in models}
+            for m in models.values():
                 for _ in range(3):
                     m(x, t, cond)
-                res[key] = []
             for _ in range(repeats):                   # alternate
-                for key, m in (("plain", plain), ("fast", fast)):
+                for key, m in models.items():
                     res[key].append(timed(lambda: m(x, t, cond))[0])
-        row = [name, f"{statistics.median(res['plain']) * 1e3:.2f}",
-               f"{statistics.median(res['fast']) * 1e3:.2f}"]
-        for method, steps in sampler_steps:
-            sampler = DiffusionSampler(schedule, method, steps)
-            sampler(fast, (1, HORIZON, ACTION_DIM), cond)
-            calls = [timed(lambda: sampler(fast, (1, HORIZON, ACTION_DIM), cond))[0]
-                     for _ in range(max(3, repeats // max(1, steps // 4)))]
-            row.append(f"{statistics.median(calls) * 1e3:.1f}")
-        rows.append(row)
+            for key, m in models.items():
+                if key == "plain":
+                    continue
+                row = [name, key, f"{statistics.median(res['plain']) * 1e3:.2f}",
+                       f"{statistics.median(res[key]) * 1e3:.2f}"]
+                for method, steps in sampler_steps:
+                    sampler = DiffusionSampler(schedule, method, steps)
+                    sampler(m, (1, HORIZON, ACTION_DIM), cond)
+                    n = max(3, repeats * 10 // steps)
+                    calls = [timed(lambda: sampler(m, (1, HORIZON, ACTION_DIM), cond))[0]
+                             for _ in range(n)]
+                    row.append(f"{statistics.median(calls) * 1e3:.1f}")
+                rows.append(row)
     return rows
 
 
@@ -180,7 +188,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="timed training steps per model (median)")
     p.add_argument("--latency-repeats", type=int, default=30)
-    p.add_argument("--compile", action="store_true", help="also time torch.compile'd GroupNorm+Mish")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile: fused GroupNorm+Mish in training, the whole "
+                        "fast model at batch 1 (adds minutes of compilation)")
     p.add_argument("--skip-published", action="store_true", help="only the small candidates")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -195,11 +205,11 @@ def main() -> None:
                  "GFLOP/step", "GFLOP/s", "speedup vs plain",
                  f"vs published ({PUBLISHED_GFLOPS:.0f} GFLOP/s)"], rows))
     sampler_steps = [("ddim", 10), ("ddim", 16), ("ddpm", 100)]
-    print(f"\n## Batch-1 latency (median of {a.latency_repeats}; "
-          "one UNet call, and one whole sampling call with the fast model)\n")
-    lat = bench_latency(names, a.latency_repeats, sampler_steps)
-    print(table(["model", "UNet call plain (ms)", "UNet call fast (ms)"]
-                + [f"{m.upper()} {s} steps (ms)" for m, s in sampler_steps], lat))
+    print(f"\n## Batch-1 latency (median of {a.latency_repeats}: one UNet call, plain and "
+          "impl side by side, and one whole sampling call = one policy call with impl)\n")
+    lat = bench_latency(names, a.latency_repeats, sampler_steps, a.compile)
+    print(table(["model", "impl", "UNet call plain (ms)", "UNet call impl (ms)"]
+                + [f"{m.upper()} {s} steps, impl (ms)" for m, s in sampler_steps], lat))
     print(f"\nload average at end {load()}")
 
 

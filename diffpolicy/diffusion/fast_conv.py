@@ -93,8 +93,17 @@ class _TemporalConv(torch.autograd.Function):
                 gx[:, s0 * cin:s1 * cin].addmm_(grad[:, t], wk[j0 * cin:j1 * cin].t())
             gx = gx.view(B, H, cin)
         if ctx.needs_input_grad[1]:
-            gw = torch.zeros_like(wk)
-            for t, s0, s1, j0, j1 in plan:
+            # a step whose window lies inside the sequence covers every tap: let it
+            # write dW (no zero fill), the others accumulate
+            full = [p for p in plan if p[4] - p[3] == ctx.kernel]
+            rest = [p for p in plan if p[4] - p[3] != ctx.kernel]
+            if full:
+                t, s0, s1, _, _ = full[0]
+                gw = torch.mm(xf[:, s0 * cin:s1 * cin].t(), grad[:, t])
+                rest = full[1:] + rest
+            else:
+                gw = torch.zeros_like(wk)
+            for t, s0, s1, j0, j1 in rest:
                 gw[j0 * cin:j1 * cin].addmm_(xf[:, s0 * cin:s1 * cin].t(), grad[:, t])
         if ctx.needs_input_grad[2]:
             gb = grad.sum(dim=(0, 1))
@@ -151,7 +160,10 @@ def conv1d_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torc
     if H <= PER_STEP_MAX_H and min(B, cin) >= PER_STEP_MIN_ROWS:
         return _TemporalConv.apply(x.contiguous(), wk, bias, k)
     # small layers or long sequences: one im2col product (few ops, little padding waste)
-    return _Im2colConv.apply(x, wk, bias, k)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _Im2colConv.apply(x, wk, bias, k)
+    cols = F.pad(x, (0, 0, k // 2, k // 2)).unfold(1, k, 1).transpose(2, 3)   # (B, H, k, Cin)
+    return torch.addmm(bias, cols.reshape(B * H, k * cin), wk).view(B, H, cout)
 
 
 def linear_cl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -107,8 +107,7 @@ def test_bad_construction_errors(kwargs, match):
 @pytest.mark.parametrize("kernel", [3, 5])
 @pytest.mark.parametrize("per_step", [False, True])
 def test_conv1d_cl_matches_conv1d(horizon, kernel, per_step, monkeypatch):
-    monkeypatch.setattr(fast_conv, "PER_STEP_MIN_WORK", 0 if per_step else 1 << 62)
-    monkeypatch.setattr(fast_conv, "PER_STEP_MAX_H", 64)
+    monkeypatch.setattr(fast_conv, "PER_STEP_MIN_ROWS", 0 if per_step else 1 << 62)
     torch.manual_seed(1)
     conv = nn.Conv1d(6, 5, kernel, padding=kernel // 2).double()
     x = torch.randn(3, 6, horizon, dtype=torch.double, requires_grad=True)
@@ -130,6 +129,28 @@ def test_temporal_conv_gradcheck():
     b = torch.randn(4, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w, b: fast_conv._TemporalConv.apply(x, w, b, 5),
                                     (x, wk, b))
+
+
+def test_im2col_conv_gradcheck():
+    torch.manual_seed(2)
+    x = torch.randn(2, 6, 3, dtype=torch.double, requires_grad=True)
+    wk = torch.randn(3 * 3, 4, dtype=torch.double, requires_grad=True)
+    b = torch.randn(4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: fast_conv._Im2colConv.apply(x, w, b, 3),
+                                    (x, wk, b))
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+def test_inference_path_matches_plain(batch):
+    """Under no_grad the fast path uses forward-only kernels; same answer."""
+    m = small_unet(fast=True)
+    x, g = torch.randn(batch, 16, 2), torch.randn(batch, 6)
+    t = torch.randint(0, 100, (batch,))
+    with torch.no_grad():
+        out = m(x, t, g)
+        m.fast = False
+        ref = m(x, t, g)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_down_and_upsample_match_reference():
@@ -183,7 +204,7 @@ def _outputs_and_grads(m: ConditionalUnet1D, x, t, g):
 @pytest.mark.parametrize("batch", [1, 8])
 @pytest.mark.parametrize("per_step", [False, True])
 def test_fast_path_matches_plain_path_float32(batch, per_step, monkeypatch):
-    monkeypatch.setattr(fast_conv, "PER_STEP_MIN_WORK", 0 if per_step else 1 << 62)
+    monkeypatch.setattr(fast_conv, "PER_STEP_MIN_ROWS", 0 if per_step else 1 << 62)
     m = small_unet(fast=True)
     torch.manual_seed(5)
     x, t, g = torch.randn(batch, 16, 2), torch.randint(0, 100, (batch,)), torch.randn(batch, 6)
