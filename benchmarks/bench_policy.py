@@ -23,7 +23,8 @@ from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from diffpolicy.policy.ema import EMA
 
 CONFIGS = {  # name: PolicyConfig overrides (matching diffpolicy/configs/policy/*.yaml)
-    "cpu": dict(down_dims=(64, 128, 256), step_embed_dim=64, sampler="ddim", num_inference_steps=10),
+    "cpu": dict(down_dims=(32, 64, 128), step_embed_dim=32, sampler="ddim", num_inference_steps=10),
+    "cpu_wide": dict(down_dims=(64, 128, 256), step_embed_dim=64, sampler="ddim", num_inference_steps=10),
     "published_lowdim": dict(down_dims=(256, 512, 1024), step_embed_dim=256, sampler="ddpm",
                              num_inference_steps=100),
 }
@@ -53,8 +54,9 @@ def pct(x: list[float], q: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--configs", default="cpu")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is fastest for batch-1 calls on a busy 2-core machine)")
+    ap.add_argument("--configs", default="cpu,cpu_wide")
     ap.add_argument("--steps", default="5,10", help="DDIM step counts for the latency table")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=128, help="training batch")
@@ -73,7 +75,7 @@ def main() -> None:
         for fast in (True, False):
             policy = make_policy(CONFIGS[name], fast).eval()
             n = sum(p.numel() for p in policy.parameters()) / 1e6
-            samplers = ([("ddim", int(s)) for s in args.steps.split(",")] if name == "cpu"
+            samplers = ([("ddim", int(s)) for s in args.steps.split(",")] if name.startswith("cpu")
                         else [("ddim", 10), ("ddpm", 100)])
             for sampler, steps in samplers:
                 r = reps if steps <= 20 else max(3, reps // 6)

@@ -7,7 +7,7 @@ from policy_helpers import compose_config
 
 
 @pytest.mark.parametrize("task", ["pusht_keypoints", "pusht_state", "pusht_image"])
-@pytest.mark.parametrize("policy", ["cpu", "published_lowdim", "published_image"])
+@pytest.mark.parametrize("policy", ["cpu", "cpu_wide", "published_lowdim", "published_image"])
 @pytest.mark.parametrize("training", ["demo", "long", "published"])
 def test_all_shipped_configs_validate(task, policy, training):
     run = check_train_config(compose_config("train", [f"task={task}", f"policy={policy}",
@@ -22,7 +22,7 @@ def test_defaults_and_overrides():
     run = check_train_config(compose_config("config", ["training.lr=3e-4", "seed=3"]))
     assert run.task.name == "pusht_keypoints" and run.policy["name"] == "cpu"
     assert run.training.lr == 3e-4 and run.seed == 3 and run.run_dir.endswith("seed3")
-    assert policy_config(run).down_dims == (64, 128, 256)
+    assert policy_config(run).down_dims == (32, 64, 128)
 
 
 def test_value_errors_name_the_key():
