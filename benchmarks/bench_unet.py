@@ -147,21 +147,26 @@ def bench_latency(names, repeats: int, sampler_steps, compile_model: bool):
                     m(x, t, cond)
             for _ in range(repeats):                   # alternate
                 for key, m in models.items():
-                    res[key].append(timed(lambda: m(x, t, cond))[0])
+                    res[key].append(timed(lambda: m(x, t, cond)))
             for key, m in models.items():
                 if key == "plain":
                     continue
-                row = [name, key, f"{statistics.median(res['plain']) * 1e3:.2f}",
-                       f"{statistics.median(res[key]) * 1e3:.2f}"]
+                row = [name, key, ms(res["plain"]), ms(res[key])]
                 for method, steps in sampler_steps:
                     sampler = DiffusionSampler(schedule, method, steps)
                     sampler(m, (1, HORIZON, ACTION_DIM), cond)
                     n = max(3, repeats * 10 // steps)
-                    calls = [timed(lambda: sampler(m, (1, HORIZON, ACTION_DIM), cond))[0]
-                             for _ in range(n)]
-                    row.append(f"{statistics.median(calls) * 1e3:.1f}")
+                    row.append(ms([timed(lambda: sampler(m, (1, HORIZON, ACTION_DIM), cond))
+                                   for _ in range(n)]))
                 rows.append(row)
     return rows
+
+
+def ms(samples: list[tuple[float, float]]) -> str:
+    """'wall (CPU)' medians in milliseconds."""
+    wall = statistics.median(w for w, _ in samples) * 1e3
+    cpu = statistics.median(c for _, c in samples) * 1e3
+    return f"{wall:.1f} ({cpu:.1f})"
 
 
 def table(header, rows) -> str:
@@ -208,8 +213,10 @@ def main() -> None:
     print(f"\n## Batch-1 latency (median of {a.latency_repeats}: one UNet call, plain and "
           "impl side by side, and one whole sampling call = one policy call with impl)\n")
     lat = bench_latency(names, a.latency_repeats, sampler_steps, a.compile)
-    print(table(["model", "impl", "UNet call plain (ms)", "UNet call impl (ms)"]
-                + [f"{m.upper()} {s} steps, impl (ms)" for m, s in sampler_steps], lat))
+    print(table(["model", "impl", "UNet call, plain", "UNet call, impl"]
+                + [f"{m.upper()} {s} steps, impl" for m, s in sampler_steps], lat))
+    print("\nmilliseconds, wall (process CPU time); CPU time counts every thread, and on a "
+          "busy machine wall time includes waiting for a core")
     print(f"\nload average at end {load()}")
 
 

@@ -249,7 +249,7 @@ def _gn_mish_backward(grad: torch.Tensor, xhat: torch.Tensor, dmish: torch.Tenso
 
 @functools.lru_cache(maxsize=None)
 def _compiled(fn):
-    return torch.compile(fn, dynamic=False)
+    return torch.compile(fn, dynamic=True)   # one kernel for every (B, H, C)
 
 
 class _GroupNormMish(torch.autograd.Function):
