@@ -32,5 +32,11 @@ test-all: setup
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# NoProp table (docs/noprop.md) in the background; rerunning resumes where it stopped.
+bench-noprop: setup
+	@mkdir -p runs/noprop
+	nohup $(VENV)/bin/diffpolicy-noprop $(NOPROP_ARGS) > runs/noprop/bench.log 2>&1 &
+	@echo "NoProp benchmark running in the background: tail -f runs/noprop/bench.log; table: runs/noprop/results.md"
+
 clean-venv:
 	rm -rf $(VENV)
