@@ -23,7 +23,7 @@ from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from diffpolicy.policy.ema import EMA
 
 CONFIGS = {  # name: PolicyConfig overrides (matching diffpolicy/configs/policy/*.yaml)
-    "cpu": dict(down_dims=(32, 64, 128), step_embed_dim=32, sampler="ddim", num_inference_steps=8),
+    "cpu": dict(down_dims=(32, 64, 128), step_embed_dim=32, sampler="ddim", num_inference_steps=10),
     "cpu_wide": dict(down_dims=(64, 128, 256), step_embed_dim=64, sampler="ddim", num_inference_steps=10),
     "published_lowdim": dict(down_dims=(256, 512, 1024), step_embed_dim=256, sampler="ddpm",
                              num_inference_steps=100),
