@@ -4,6 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
+# On a busy 2-core machine PyTorch's OpenMP threads spin while waiting and slow
+# small models 15-25x; passive waiting removes that (docs/policy.md, "CPU note").
+export OMP_WAIT_POLICY ?= PASSIVE
+DEMO_DIR ?= runs/demo
 
 .PHONY: setup test test-all demo bench bench-noprop data-fmnist clean-venv
 
@@ -21,6 +25,13 @@ data-fmnist:
 	@if [ ! -d $(FMNIST_DIR) ] && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	  (apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)); \
 	fi
+
+# Train the CPU default on the Push-T demos (keypoints, ~21 min on 2 cores), then the
+# standard 50-seed evaluation (table, eval.json, videos, final-frame grid).  Re-running resumes.
+demo: setup
+	$(VENV)/bin/diffpolicy-train task=pusht_keypoints policy=cpu training=demo seed=0 run_dir=$(DEMO_DIR) resume=true
+	$(VENV)/bin/diffpolicy-eval checkpoint=$(DEMO_DIR)/checkpoints/latest.pt output_dir=$(DEMO_DIR)/eval
+	@echo "report: $(DEMO_DIR)/eval/eval.md  videos: $(DEMO_DIR)/eval/videos  plots: $(DEMO_DIR)/training.png $(DEMO_DIR)/eval/final_frames.png"
 
 test: setup
 	$(PY) -m pytest -q
