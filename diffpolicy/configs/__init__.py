@@ -1,0 +1,1 @@
+"""Hydra configs (a package so that Hydra finds them from the console scripts)."""
