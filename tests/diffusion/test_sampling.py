@@ -38,6 +38,17 @@ def test_lean_loop_matches_diffusers_step(name, method, steps, eta):
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("method, steps", [("ddpm", 20), ("ddim", 10)])
+def test_trailing_spacing_matches_diffusers(method, steps):
+    sampler = DiffusionSampler(NoiseSchedule("cosine", 100), method, steps,
+                               timestep_spacing="trailing")
+    assert sampler.timesteps[0] == 99
+    cond = torch.randn(SHAPE[0], 4, generator=torch.Generator().manual_seed(3))
+    ours = sampler(toy_model, SHAPE, cond, generator=torch.Generator().manual_seed(1))
+    ref = sampler(toy_model, SHAPE, cond, generator=torch.Generator().manual_seed(1), reference=True)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=2e-4)
+
+
 def test_scheduler_gets_our_betas():
     sched = NoiseSchedule("cosine", 100)
     for method in ("ddpm", "ddim"):
@@ -195,6 +206,8 @@ def test_unet_as_model_fn():
     (dict(method="ddim", num_inference_steps=0), r"num_inference_steps must be in \[1, 100\]"),
     (dict(method="ddpm", num_inference_steps=101), r"num_inference_steps must be in \[1, 100\]"),
     (dict(method="ddpm", eta=1.0), "eta applies to method='ddim' only"),
+    (dict(method="ddim", num_inference_steps=16, timestep_spacing="trailing"),
+     "needs num_inference_steps to divide 100"),
 ])
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
