@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 # On a busy 2-core machine PyTorch's OpenMP threads spin while waiting and slow
-# small models 15-25x; passive waiting removes that (docs/policy.md, "CPU note").
-export OMP_WAIT_POLICY ?= PASSIVE
+# small models 15-25x; passive waiting removes that (docs/policy.md, "CPU note"),
+# at some cost on an idle machine (docs/diffusion.md), so benchmarks keep the default.
+test test-all demo: export OMP_WAIT_POLICY ?= PASSIVE
 DEMO_DIR ?= runs/demo
 
 .PHONY: setup test test-all demo bench bench-noprop data-fmnist clean-venv
