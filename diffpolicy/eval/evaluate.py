@@ -26,7 +26,7 @@ from diffpolicy.eval.rollout import obs_to_policy, make_env, run_rollouts
 from diffpolicy.eval.video import frame_grid, write_video
 from diffpolicy.policy.checkpoint import CheckpointError, load_checkpoint
 from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
-from diffpolicy.policy.run_config import ConfigError
+from diffpolicy.policy.run_config import ConfigError, to_plain_config
 
 EVAL_KEYS = {"checkpoint", "task", "n_episodes", "seed_start", "max_steps", "n_envs", "use_ema",
              "sampler", "num_inference_steps", "sampling_seed", "device", "output_dir", "n_videos",
@@ -69,21 +69,13 @@ def measure_latency(policy: DiffusionPolicy, obs_type: str, calls: int, device: 
     return times
 
 
-def _plain(cfg: Any) -> dict:
-    try:
-        from omegaconf import DictConfig, OmegaConf  # noqa: PLC0415
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
 
 
 def evaluate(cfg: Any) -> dict:
     """Run the evaluation described by ``cfg`` (see ``diffpolicy/configs/eval.yaml``); returns the report."""
     from diffpolicy.policy.train import resolve_device  # noqa: PLC0415
 
-    c = _plain(cfg)
+    c = to_plain_config(cfg)
     unknown = sorted(set(c) - EVAL_KEYS)
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]} (known keys: {', '.join(sorted(EVAL_KEYS - {'hydra'}))})")

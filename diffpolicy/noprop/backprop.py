@@ -20,7 +20,24 @@ from diffpolicy.noprop.blocks import StackedPaperBlocks, resnet_backbone
 from diffpolicy.noprop.embeddings import LabelEmbedding, init_head_as_nearest_embedding
 
 
-class BackpropDT(nn.Module):
+class _CrossEntropyClassifier(nn.Module):
+    """Shared by the backprop baselines: ``forward`` gives logits ``(B, K)``; the loss is
+    plain cross-entropy on them and ``predict`` runs in eval mode without gradients."""
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, **_: object) -> dict[str, torch.Tensor]:
+        ce = F.cross_entropy(self(x), y)
+        return {"total": ce, "ce": ce}
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, **_: object) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        out = self(x)
+        self.train(was_training)
+        return out
+
+
+class BackpropDT(_CrossEntropyClassifier):
     """T chained paper blocks trained end to end: ``forward(x (B,C,H,W)) -> logits (B,K)``."""
 
     def __init__(self, n_classes: int = 10, T: int = 10, embedding: str = "learned",
@@ -50,20 +67,8 @@ class BackpropDT(nn.Module):
             z = self.a[t] * (torch.softmax(logits.float(), -1) @ self.embed.weight) + self.b[t] * z
         return self.head(z)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, **_: object) -> dict[str, torch.Tensor]:
-        ce = F.cross_entropy(self(x), y)
-        return {"total": ce, "ce": ce}
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, **_: object) -> torch.Tensor:
-        was_training = self.training
-        self.eval()
-        out = self(x)
-        self.train(was_training)
-        return out
-
-
-class BackboneClassifier(nn.Module):
+class BackboneClassifier(_CrossEntropyClassifier):
     """ResNet-18/50 (torchvision, 1-channel stem) classifier: ``(B,C,H,W) -> logits (B,K)``."""
 
     def __init__(self, backbone: str = "resnet18", n_classes: int = 10, in_channels: int = 1,
@@ -74,15 +79,3 @@ class BackboneClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.contiguous(memory_format=torch.channels_last))
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor, **_: object) -> dict[str, torch.Tensor]:
-        ce = F.cross_entropy(self(x), y)
-        return {"total": ce, "ce": ce}
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, **_: object) -> torch.Tensor:
-        was_training = self.training
-        self.eval()
-        out = self(x)
-        self.train(was_training)
-        return out

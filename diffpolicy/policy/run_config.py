@@ -19,6 +19,17 @@ class ConfigError(ValueError):
     """A configuration key is unknown, missing, or has a bad value."""
 
 
+def to_plain_config(cfg: Any) -> dict:
+    """A Hydra ``DictConfig`` (resolved) or any mapping as a plain ``dict``."""
+    try:
+        from omegaconf import DictConfig, OmegaConf  # noqa: PLC0415
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
 @dataclass
 class TaskConfig:
     name: str = "pusht_keypoints"

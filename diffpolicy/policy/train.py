@@ -42,7 +42,8 @@ from diffpolicy.policy.checkpoint import (FORMAT, CheckpointDir, CheckpointError
                                           rng_state, set_rng_state)
 from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from diffpolicy.policy.ema import EMA
-from diffpolicy.policy.run_config import ConfigError, TrainConfig, check_train_config, policy_config
+from diffpolicy.policy.run_config import (ConfigError, TrainConfig, check_train_config, policy_config,
+                                         to_plain_config)
 
 CSV_FIELDS = ("step", "epoch", "loss", "lr", "samples_per_s", "val_loss", "eval_score",
               "eval_success", "minutes")
@@ -63,14 +64,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- set-up pieces
-def _to_plain(cfg: Any) -> dict:
-    try:
-        from omegaconf import DictConfig, OmegaConf  # noqa: PLC0415
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(cfg)
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -204,7 +197,7 @@ def plot_metrics(rows: list[dict], path: Path) -> None:
 # ---------------------------------------------------------------- the loop
 def train(cfg: Any, progress: bool = True) -> TrainResult:
     """Train a Diffusion Policy as configured; see the module docstring."""
-    run = check_train_config(_to_plain(cfg))
+    run = check_train_config(to_plain_config(cfg))
     t_cfg = run.training
     rank, world, local_rank = _distributed()
     if world > 1 and t_cfg.batch_size % world:
@@ -276,7 +269,7 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         from omegaconf import OmegaConf  # noqa: PLC0415
-        resolved = {**_to_plain(cfg)}
+        resolved = {**to_plain_config(cfg)}
         resolved.pop("hydra", None)
         OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
         log = MetricsLog(run_dir, step if resume_ckpt is not None else None)
@@ -291,7 +284,7 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
             dist.all_gather_object(states, rng_state())
         else:
             states = [rng_state()]
-        return {"format": FORMAT, "task": run.task.name, "config": _to_plain(cfg),
+        return {"format": FORMAT, "task": run.task.name, "config": to_plain_config(cfg),
                 "policy_config": pcfg.to_dict(), "model": policy.state_dict(),
                 "ema": ema.state_dict(), "normalizer": policy.normalizer.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
