@@ -35,8 +35,9 @@ def pusht_zarr() -> Path:
 
 @pytest.fixture(scope="session")
 def fmnist_root() -> Path:
-    """Folder holding the Fashion-MNIST IDX files."""
+    """Folder holding the Fashion-MNIST IDX files (gzipped or raw)."""
     d = paths.fmnist_dir()
-    return require_data(d / "train-images-idx3-ubyte.gz"
-                        if (d / "train-images-idx3-ubyte.gz").exists()
-                        else d / "train-images-idx3-ubyte", "Fashion-MNIST").parent
+    images = d / "train-images-idx3-ubyte.gz"
+    if not images.exists():
+        images = d / "train-images-idx3-ubyte"
+    return require_data(images, "Fashion-MNIST").parent

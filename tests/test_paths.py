@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 from diffpolicy import paths
 
 
@@ -19,3 +21,15 @@ def test_default_is_shared_data_beside_checkout(monkeypatch):
     shared = (paths.PROJECT_ROOT / ".." / "shared" / "data").resolve()
     expected = shared if shared.is_dir() else (Path.cwd() / "data").resolve()
     assert paths.data_root() == expected
+
+
+def test_missing_data_skips_locally_and_fails_under_ci(monkeypatch, tmp_path):
+    from conftest import require_data
+    missing = tmp_path / "nothing.zarr"
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="demos not found at .*nothing.zarr"):
+        require_data(missing, "demos")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true, so a missing data set is a failure"):
+        require_data(missing, "demos")
+    assert require_data(tmp_path, "a folder") == tmp_path
