@@ -4,10 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
-# On a busy 2-core machine PyTorch's OpenMP threads spin while waiting and slow
-# small models 15-25x; passive waiting removes that (docs/policy.md, "CPU note"),
-# at some cost on an idle machine (docs/diffusion.md), so benchmarks keep the default.
-test test-all demo: export OMP_WAIT_POLICY ?= PASSIVE
+# The tests run several torch processes at once (DDP, benchmark rows) on 2 cores,
+# where spinning OpenMP threads slow small models 15-25x; passive waiting removes
+# that.  On an idle machine it costs ~3x in training speed (docs/policy.md), so
+# `make demo` and `make bench` keep torch's default; set OMP_WAIT_POLICY=PASSIVE
+# yourself when the cores are shared.
+test test-all: export OMP_WAIT_POLICY ?= PASSIVE
 DEMO_DIR ?= runs/demo
 
 .PHONY: setup test test-all demo bench bench-noprop data-fmnist clean-venv
@@ -27,7 +29,7 @@ data-fmnist:
 	  (apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)); \
 	fi
 
-# Train the CPU default on the Push-T demos (keypoints, ~21 min on 2 cores), then the
+# Train the CPU default on the Push-T demos (keypoints, ~9 min on 2 idle cores), then the
 # standard 50-seed evaluation (table, eval.json, videos, final-frame grid).  Re-running resumes.
 demo: setup
 	$(VENV)/bin/diffpolicy-train task=pusht_keypoints policy=cpu training=demo seed=0 run_dir=$(DEMO_DIR) resume=true
