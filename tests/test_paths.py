@@ -24,7 +24,11 @@ def test_default_is_shared_data_beside_checkout(monkeypatch):
 
 
 def test_missing_data_skips_locally_and_fails_under_ci(monkeypatch, tmp_path):
-    from conftest import require_data
+    import importlib.util  # the root conftest by path: other folders have a conftest module too
+    spec = importlib.util.spec_from_file_location("root_conftest", Path(__file__).with_name("conftest.py"))
+    root_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root_conftest)
+    require_data = root_conftest.require_data
     missing = tmp_path / "nothing.zarr"
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="demos not found at .*nothing.zarr"):
