@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffpolicy.diffusion.schedule import noprop_schedule
+from diffpolicy.eval_mode import eval_mode
 from diffpolicy.noprop.blocks import StackedPaperBlocks, resnet_backbone
 from diffpolicy.noprop.embeddings import LabelEmbedding, init_head_as_nearest_embedding
 
@@ -30,11 +31,8 @@ class _CrossEntropyClassifier(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, **_: object) -> torch.Tensor:
-        was_training = self.training
-        self.eval()
-        out = self(x)
-        self.train(was_training)
-        return out
+        with eval_mode(self):
+            return self(x)
 
 
 class BackpropDT(_CrossEntropyClassifier):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffpolicy.diffusion.embeddings import sinusoidal_embedding
+from diffpolicy.eval_mode import eval_mode
 from diffpolicy.noprop.blocks import HIDDEN, PaperBlock, resnet_backbone
 from diffpolicy.noprop.dt import posterior_coefficients
 from diffpolicy.noprop.embeddings import LabelEmbedding, init_head_as_nearest_embedding
@@ -137,17 +138,15 @@ class NoPropCT(nn.Module):
     def predict(self, x: torch.Tensor, stochastic: bool = False, steps: int = 1000,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Logits ``(B, K)`` of ``head(z_1)`` after ``steps`` discretised steps; no label used."""
-        was_training = self.training
-        self.eval()
-        feats = self.image_features(x).float()
-        b, d = x.shape[0], self.embed.dim
-        grid = torch.linspace(0, 1, steps + 1, device=feats.device)
-        abar = self.schedule.alpha_bar(grid)
-        z = torch.randn(b, d, generator=generator).to(feats) if stochastic else feats.new_zeros(b, d)
-        for k in range(1, steps + 1):
-            a, bb, c = posterior_coefficients(abar[k - 1], abar[k])
-            z = a * self.uhat(feats, z, grid[k - 1].expand(b)) + bb * z
-            if stochastic:
-                z = z + c.sqrt() * torch.randn(z.shape, generator=generator).to(z)
-        self.train(was_training)
-        return self.head(z)
+        with eval_mode(self):
+            feats = self.image_features(x).float()
+            b, d = x.shape[0], self.embed.dim
+            grid = torch.linspace(0, 1, steps + 1, device=feats.device)
+            abar = self.schedule.alpha_bar(grid)
+            z = torch.randn(b, d, generator=generator).to(feats) if stochastic else feats.new_zeros(b, d)
+            for k in range(1, steps + 1):
+                a, bb, c = posterior_coefficients(abar[k - 1], abar[k])
+                z = a * self.uhat(feats, z, grid[k - 1].expand(b)) + bb * z
+                if stochastic:
+                    z = z + c.sqrt() * torch.randn(z.shape, generator=generator).to(z)
+            return self.head(z)

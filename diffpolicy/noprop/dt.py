@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffpolicy.diffusion.schedule import NoPropSchedule, noprop_schedule
+from diffpolicy.eval_mode import eval_mode
 from diffpolicy.noprop.blocks import StackedPaperBlocks
 from diffpolicy.noprop.embeddings import LabelEmbedding, init_head_as_nearest_embedding
 
@@ -138,19 +139,17 @@ class NoPropDT(nn.Module):
         if self.block_ids != list(range(1, self.T + 1)):
             raise RuntimeError(f"predict needs all {self.T} blocks; this model holds "
                                f"{self.block_ids} (merge the workers' parts first)")
-        was_training = self.training
-        self.eval()
-        feats = self.blocks.image_features(x)                               # (T, B, 256)
-        d = self.embed.dim
-        z = (torch.randn(x.shape[0], d, generator=generator).to(feats) if stochastic
-             else feats.new_zeros(x.shape[0], d)).float()
-        for t in range(1, self.T + 1):
-            logits = self.blocks.from_features(feats[t - 1:t], z[None], slice(t - 1, t))[0]
-            z = self.a[t] * self.denoise(logits) + self.b[t] * z
-            if stochastic:
-                z = z + self.c[t].sqrt() * torch.randn(z.shape, generator=generator).to(z)
-        self.train(was_training)
-        return self.head(z)
+        with eval_mode(self):
+            feats = self.blocks.image_features(x)                               # (T, B, 256)
+            d = self.embed.dim
+            z = (torch.randn(x.shape[0], d, generator=generator).to(feats) if stochastic
+                 else feats.new_zeros(x.shape[0], d)).float()
+            for t in range(1, self.T + 1):
+                logits = self.blocks.from_features(feats[t - 1:t], z[None], slice(t - 1, t))[0]
+                z = self.a[t] * self.denoise(logits) + self.b[t] * z
+                if stochastic:
+                    z = z + self.c[t].sqrt() * torch.randn(z.shape, generator=generator).to(z)
+            return self.head(z)
 
     # ------------------------------------------------- parallel training support
     def subset(self, block_ids: list[int]) -> "NoPropDT":

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from diffpolicy.diffusion.embeddings import sinusoidal_embedding
+from diffpolicy.eval_mode import eval_mode
 from diffpolicy.noprop.ct import NoPropCT
 
 
@@ -56,12 +57,10 @@ class NoPropFM(NoPropCT):
     def predict(self, x: torch.Tensor, stochastic: bool = False, steps: int = 100,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Class scores ``(B, K)`` after ``steps`` Euler steps; no label used."""
-        was_training = self.training
-        self.eval()
-        feats = self.image_features(x).float()
-        b, d = x.shape[0], self.embed.dim
-        z = torch.randn(b, d, generator=generator).to(feats) if stochastic else feats.new_zeros(b, d)
-        for k in range(steps):
-            z = z + self.velocity(feats, z, torch.full((b,), k / steps, device=z.device)) / steps
-        self.train(was_training)
-        return self.class_logits(z)
+        with eval_mode(self):
+            feats = self.image_features(x).float()
+            b, d = x.shape[0], self.embed.dim
+            z = torch.randn(b, d, generator=generator).to(feats) if stochastic else feats.new_zeros(b, d)
+            for k in range(steps):
+                z = z + self.velocity(feats, z, torch.full((b,), k / steps, device=z.device)) / steps
+            return self.class_logits(z)

@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from diffpolicy.datasets import DatasetError, fit_normalizer, load_pusht, pusht_loader
 from diffpolicy.datasets.pusht import PushTData
+from diffpolicy.eval_mode import eval_mode
 from diffpolicy.policy.checkpoint import (FORMAT, CheckpointDir, CheckpointError, load_checkpoint,
                                           rng_state, set_rng_state)
 from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
@@ -383,17 +384,15 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
 def validation_loss(policy: DiffusionPolicy, loader, device: torch.device, max_batches: int = 8) -> float:
     """Mean noise-prediction MSE on the validation windows, with fixed noise (comparable across steps)."""
     gen = torch.Generator(device=device).manual_seed(0)
-    was_training = policy.training
-    policy.eval()
-    total, n = 0.0, 0
-    for i, batch in enumerate(loader):
-        if i >= max_batches:
-            break
-        batch = to_device(batch, device)
-        b = batch["action"].shape[0]
-        total += float(policy.compute_loss(batch, generator=gen)) * b
-        n += b
-    policy.train(was_training)
+    with eval_mode(policy):
+        total, n = 0.0, 0
+        for i, batch in enumerate(loader):
+            if i >= max_batches:
+                break
+            batch = to_device(batch, device)
+            b = batch["action"].shape[0]
+            total += float(policy.compute_loss(batch, generator=gen)) * b
+            n += b
     return total / max(1, n)
 
 
