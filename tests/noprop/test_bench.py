@@ -12,8 +12,8 @@ from diffpolicy.noprop.cli import load_config, main
 def test_configs_compose_and_name_every_table_row():
     full = load_config("bench")
     names = [r["name"] for r in full["rows"]]
-    assert names == ["backprop-resnet18", "backprop-resnet50", "noprop-ct-resnet18",
-                     "noprop-ct-resnet50", "noprop-dt", "backprop-dt"]
+    assert names == ["noprop-dt", "backprop-dt", "backprop-resnet18", "backprop-resnet50",
+                     "noprop-ct-resnet18", "noprop-ct-resnet50"]
     assert full["data"]["val_size"] > 0 and full["train"]["batch_size"] == 128
     quick = load_config("quick", ["seeds=[3]"])
     assert quick["seeds"] == [3] and quick["data"]["train_subset"] == 512
@@ -46,8 +46,8 @@ def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, caps
             f"data.root={fmnist_root}"]
     assert main(args) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [r["row"] for r in rows] == ["backprop-resnet18", "noprop-dt"]
-    dt = rows[1]
+    assert [r["row"] for r in rows] == ["noprop-dt", "backprop-resnet18"]      # config order
+    dt = rows[0]
     assert set(dt["test_acc"]) == {"deterministic", "stochastic"} and dt["seconds_per_epoch"][0] > 0
     md = (out / "results.md").read_text()
     assert "| noprop-dt | NoProp-DT | paper CNN | 1 |" in md and "One epoch = every block" in md
