@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable
 
 from diffpolicy.datasets.errors import DatasetError
@@ -11,10 +12,30 @@ from diffpolicy.policy.run_config import ConfigError
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
 
 
-def run_cli(fn: Callable[[], object]) -> None:
-    """Call ``fn``; a user error prints ``error: <message>`` and exits with status 2."""
+def remove_if_unused(run_dir: str | Path) -> None:
+    """Delete ``run_dir`` when it holds nothing but empty ``*.log`` files.
+
+    Hydra creates the run directory and its (empty) job log before our checks run, so
+    a command refused for bad input would otherwise leave an empty run folder behind.
+    Anything with content (a checkpoint, a non-empty log, another file) keeps it all.
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        return
+    entries = list(path.iterdir())
+    if all(e.is_file() and e.suffix == ".log" and e.stat().st_size == 0 for e in entries):
+        for e in entries:
+            e.unlink()
+        path.rmdir()
+
+
+def run_cli(fn: Callable[[], object], run_dir: str | Path | None = None) -> None:
+    """Call ``fn``; a user error prints ``error: <message>`` and exits with status 2,
+    first removing ``run_dir`` if the refused run left it empty (``remove_if_unused``)."""
     try:
         fn()
     except USER_ERRORS as exc:
+        if run_dir is not None:
+            remove_if_unused(run_dir)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -13,7 +13,7 @@ from diffpolicy.policy.train import train
 
 @hydra.main(config_path="../configs", config_name="train", version_base=None)
 def _main(cfg: DictConfig) -> None:
-    run_cli(lambda: train(cfg))
+    run_cli(lambda: train(cfg), run_dir=cfg.run_dir)
 
 
 def main() -> None:

@@ -150,8 +150,26 @@ def test_cli_prints_one_clear_error(small_store, tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "x.zarr" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "r").exists()             # the refused run leaves no empty run folder
     # Hydra itself refuses an unknown key given without "+"
     out = subprocess.run([sys.executable, "-m", "diffpolicy.cli.train", "training.lrr=1",
                           f"run_dir={tmp_path / 'r2'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "Could not override 'training.lrr'" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "r2").exists()
+
+
+def test_refused_run_keeps_a_folder_that_holds_anything(tmp_path):
+    from diffpolicy.cli._errors import remove_if_unused
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "train.log").touch()
+    remove_if_unused(empty)
+    assert not empty.exists()
+    for name, text in [("train.log", "step 10"), ("notes.txt", "")]:
+        kept = tmp_path / name
+        kept.mkdir()
+        (kept / "train.log").touch()
+        (kept / name).write_text(text)
+        remove_if_unused(kept)
+        assert (kept / name).exists() and (kept / "train.log").exists()
+    remove_if_unused(tmp_path / "never-made")          # a missing folder is not an error
