@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from diffpolicy.policy.run_config import ConfigError, to_plain_config
 
 EVAL_KEYS = {"checkpoint", "task", "n_episodes", "seed_start", "max_steps", "n_envs", "use_ema",
-             "sampler", "num_inference_steps", "sampling_seed", "device", "output_dir", "n_videos",
+             "sampler", "num_inference_steps", "n_action_steps", "sampling_seed", "device", "output_dir", "n_videos",
              "video_format", "video_size", "latency_calls", "num_threads", "hydra"}
 
 
@@ -91,6 +91,11 @@ def evaluate(cfg: Any) -> dict:
     device = resolve_device(c["device"])
     ckpt_path = Path(c["checkpoint"])
     policy, ckpt = load_policy(ckpt_path, c["use_ema"], c.get("task"), device)
+    if c.get("n_action_steps"):
+        try:
+            policy.config = replace(policy.config, n_action_steps=int(c["n_action_steps"]))
+        except ValueError as exc:
+            raise ConfigError(f"n_action_steps={c['n_action_steps']}: {exc}") from None
     obs_type = task_obs_type(ckpt)
     out = Path(c["output_dir"]) if c.get("output_dir") else (
         ckpt_path.parent.parent / f"eval_{ckpt_path.stem}_{c['n_episodes']}")
@@ -114,7 +119,7 @@ def evaluate(cfg: Any) -> dict:
     pc = policy.config
     title = (f"{ckpt['task']} | step {ckpt['step']} | {'EMA' if c['use_ema'] else 'raw'} weights | "
              f"{c.get('sampler') or pc.sampler} {c.get('num_inference_steps') or pc.num_inference_steps} "
-             f"steps | seeds {seeds[0]}..{seeds[-1]}")
+             f"steps | {pc.n_action_steps} actions per call | seeds {seeds[0]}..{seeds[-1]}")
     table = format_table(summary, latency, title)
     print(table, flush=True)
     print(f"[eval] {len(seeds)} episodes in {rollout_s:.1f} s; report in {out}", flush=True)

@@ -67,3 +67,14 @@ def test_cli_with_hydra_overrides(keypoints_ckpt, tmp_path):
                          capture_output=True, text=True, timeout=180)
     assert bad.returncode == 2 and "error: checkpoint not found" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_actions_per_call_can_be_overridden(keypoints_ckpt, tmp_path):
+    """Default Ta = 8: 16 steps take 2 policy calls; executing 4 actions per call takes 4."""
+    def calls(**kw):
+        rep = evaluate(_cfg(keypoints_ckpt, tmp_path / str(kw), n_episodes=1, n_videos=0, latency_calls=0, **kw))
+        (rollouts,) = [v for k, v in rep["latency"].items() if "rollouts" in k]
+        return rollouts["n"]
+    assert calls() == 2 and calls(n_action_steps=4) == 4
+    with pytest.raises(ConfigError, match="n_action_steps=16: .*must not exceed"):
+        evaluate(_cfg(keypoints_ckpt, tmp_path / "bad", n_action_steps=16))
