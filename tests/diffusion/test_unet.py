@@ -122,22 +122,16 @@ def test_conv1d_cl_matches_conv1d(horizon, kernel, per_step, monkeypatch):
     torch.testing.assert_close(gb, rb)
 
 
-def test_temporal_conv_gradcheck():
+@pytest.mark.parametrize("conv, horizon, kernel", [
+    (fast_conv._TemporalConv, 4, 5),     # per-step kernel: taps cut off at both ends
+    (fast_conv._Im2colConv, 6, 3),       # im2col kernel
+])
+def test_conv_kernel_gradcheck(conv, horizon, kernel):
     torch.manual_seed(2)
-    x = torch.randn(2, 4, 3, dtype=torch.double, requires_grad=True)
-    wk = torch.randn(5 * 3, 4, dtype=torch.double, requires_grad=True)
+    x = torch.randn(2, horizon, 3, dtype=torch.double, requires_grad=True)
+    wk = torch.randn(kernel * 3, 4, dtype=torch.double, requires_grad=True)
     b = torch.randn(4, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: fast_conv._TemporalConv.apply(x, w, b, 5),
-                                    (x, wk, b))
-
-
-def test_im2col_conv_gradcheck():
-    torch.manual_seed(2)
-    x = torch.randn(2, 6, 3, dtype=torch.double, requires_grad=True)
-    wk = torch.randn(3 * 3, 4, dtype=torch.double, requires_grad=True)
-    b = torch.randn(4, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: fast_conv._Im2colConv.apply(x, w, b, 3),
-                                    (x, wk, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: conv.apply(x, w, b, kernel), (x, wk, b))
 
 
 @pytest.mark.parametrize("batch", [1, 32])
