@@ -29,8 +29,8 @@ from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from diffpolicy.policy.run_config import ConfigError, to_plain_config
 
 EVAL_KEYS = {"checkpoint", "task", "n_episodes", "seed_start", "max_steps", "n_envs", "use_ema",
-             "sampler", "num_inference_steps", "n_action_steps", "sampling_seed", "device", "output_dir", "n_videos",
-             "video_format", "video_size", "latency_calls", "num_threads", "hydra"}
+             "sampler", "num_inference_steps", "n_action_steps", "sampling_seed", "device", "output_dir",
+             "n_videos", "video_format", "video_size", "latency_calls", "num_threads", "hydra"}
 
 
 def load_policy(path: str | Path, use_ema: bool = True, task: str | None = None,
@@ -69,8 +69,6 @@ def measure_latency(policy: DiffusionPolicy, obs_type: str, calls: int, device: 
     return times
 
 
-
-
 def evaluate(cfg: Any) -> dict:
     """Run the evaluation described by ``cfg`` (see ``diffpolicy/configs/eval.yaml``); returns the report."""
     from diffpolicy.policy.train import resolve_device  # noqa: PLC0415
@@ -91,7 +89,7 @@ def evaluate(cfg: Any) -> dict:
     device = resolve_device(c["device"])
     ckpt_path = Path(c["checkpoint"])
     policy, ckpt = load_policy(ckpt_path, c["use_ema"], c.get("task"), device)
-    if c.get("n_action_steps"):
+    if c.get("n_action_steps") is not None:
         try:
             policy.config = replace(policy.config, n_action_steps=int(c["n_action_steps"]))
         except ValueError as exc:

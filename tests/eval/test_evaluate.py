@@ -78,3 +78,6 @@ def test_actions_per_call_can_be_overridden(keypoints_ckpt, tmp_path):
     assert calls() == 2 and calls(n_action_steps=4) == 4
     with pytest.raises(ConfigError, match="n_action_steps=16: .*must not exceed"):
         evaluate(_cfg(keypoints_ckpt, tmp_path / "bad", n_action_steps=16))
+    with pytest.raises(ConfigError, match="n_action_steps=0: .*must be >= 1"):
+        evaluate(_cfg(keypoints_ckpt, tmp_path / "bad", n_action_steps=0))
+    assert not (tmp_path / "bad").exists()
