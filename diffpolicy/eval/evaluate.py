@@ -128,6 +128,7 @@ def evaluate(cfg: Any) -> dict:
                [f"{s}: {e.max_reward:.2f}{' ok' if e.success else ''}"
                 for s, e in zip(seeds, result.episodes)], out / "final_frames.png")
     report = {"config": c, "checkpoint": str(ckpt_path), "task": ckpt["task"], "step": ckpt["step"],
+              "training_seed": ckpt["config"].get("seed"),
               "policy_config": ckpt["policy_config"], "metrics": summary, "latency": latency,
               "rollout_seconds": rollout_s, "episodes": [asdict(e) for e in result.episodes]}
     (out / "eval.json").write_text(json.dumps(report, indent=2))

@@ -24,7 +24,7 @@ def make_checkpoint(path: Path, task: str = "pusht_keypoints", obs_type: str = "
     policy = DiffusionPolicy(cfg, norm)
     ema = EMA(policy)
     ema.update(policy)
-    ckpt = {"format": FORMAT, "task": task, "config": {"task": {"name": task, "obs_type": obs_type}},
+    ckpt = {"format": FORMAT, "task": task, "config": {"task": {"name": task, "obs_type": obs_type}, "seed": 3},
             "policy_config": cfg.to_dict(), "model": policy.state_dict(), "ema": ema.state_dict(),
             "normalizer": norm.state_dict(), "step": 7, "epoch": 0, "rng": [], "metrics": {}}
     return atomic_save(ckpt, path)

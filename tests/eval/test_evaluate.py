@@ -28,6 +28,7 @@ def test_report_files_and_fields(keypoints_ckpt, tmp_path, capsys):
     out = tmp_path / "ev"
     saved = json.loads((out / "eval.json").read_text())
     assert saved["metrics"]["score"]["n"] == 3
+    assert saved["training_seed"] == 3                                         # from the checkpoint's config
     assert [e["seed"] for e in saved["episodes"]] == [100000, 100001, 100002]
     assert all(e["steps"] == 16 for e in saved["episodes"])
     assert set(saved["latency"]["batch 1"]) >= {"median_ms", "p95_ms"}

@@ -1,0 +1,132 @@
+"""Mean and spread of evaluation reports over training seeds.
+
+One training run is one sample: its ``eval.json`` (written by
+``diffpolicy-eval``) gives a score and a success rate on a seed set. This
+module reads several reports of the same protocol (same task, episode seeds,
+sampler) and prints one row per report plus the mean +- sample s.d. across
+them::
+
+    python -m diffpolicy.eval.across_seeds runs/long_seed*/eval
+    python -m diffpolicy.eval.across_seeds runs/long_seed*/eval500
+
+Reports of different protocols are refused rather than averaged: a mean over
+a 50-episode and a 500-episode evaluation would not mean anything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("score", "success_rate", "max_coverage", "final_coverage")
+
+
+class ReportError(ValueError):
+    """A path that is not a readable ``diffpolicy-eval`` report, or reports that cannot be compared."""
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """The headline numbers of one ``eval.json``."""
+    path: Path
+    training_seed: int | None
+    step: int
+    protocol: tuple        # (task, first seed, n_episodes, max_steps, sampler, steps, actions per call)
+    metrics: dict[str, float]
+
+
+def _report_file(path: Path) -> Path:
+    path = Path(path)
+    return path / "eval.json" if path.is_dir() else path
+
+
+def _seed_from_run_config(checkpoint: str | None) -> int | None:
+    """The training seed in ``<run>/config.yaml`` beside ``<run>/checkpoints/<name>.pt``, if there
+    (reports written before ``training_seed`` was stored in them)."""
+    if not checkpoint:
+        return None
+    run_config = Path(checkpoint).parent.parent / "config.yaml"
+    if not run_config.is_file():
+        return None
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    return OmegaConf.load(run_config).get("seed")
+
+
+def read_report(path: str | Path) -> EvalRow:
+    """Read one ``eval.json`` (or the folder holding it)."""
+    file = _report_file(Path(path))
+    if not file.is_file():
+        raise ReportError(f"{file}: no such evaluation report (run diffpolicy-eval first)")
+    try:
+        report = json.loads(file.read_text())
+        cfg, pc = report["config"], report["policy_config"]
+        metrics = {m: float(report["metrics"][m]["mean"]) for m in METRICS}
+        protocol = (report["task"], int(cfg["seed_start"]), int(cfg["n_episodes"]), int(cfg["max_steps"]),
+                    cfg.get("sampler") or pc["sampler"],
+                    int(cfg.get("num_inference_steps") or pc["num_inference_steps"]),
+                    int(cfg.get("n_action_steps") or pc["n_action_steps"]))
+        seed = report.get("training_seed", _seed_from_run_config(report.get("checkpoint")))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ReportError(f"{file}: not a diffpolicy-eval report ({type(exc).__name__}: {exc})") from None
+    return EvalRow(file, None if seed is None else int(seed), int(report["step"]), protocol, metrics)
+
+
+def across_seeds(paths: list[str | Path]) -> tuple[list[EvalRow], dict[str, tuple[float, float]]]:
+    """Rows of the reports and ``{metric: (mean, sample s.d.)}`` across them.
+
+    Raises :class:`ReportError` if a report is unreadable or the protocols differ.
+    """
+    if not paths:
+        raise ReportError("no evaluation reports given")
+    rows = [read_report(p) for p in paths]
+    first = rows[0]
+    for row in rows[1:]:
+        if row.protocol != first.protocol:
+            raise ReportError(f"{row.path} was evaluated with another protocol than {first.path}: "
+                              f"{_describe(row.protocol)} vs {_describe(first.protocol)}")
+    stats = {}
+    for m in METRICS:
+        x = np.array([r.metrics[m] for r in rows])
+        stats[m] = (float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else float("nan"))
+    return rows, stats
+
+
+def _describe(protocol: tuple) -> str:
+    task, start, n, steps, sampler, k, ta = protocol
+    return f"{task}, seeds {start}..{start + n - 1}, {steps} steps, {sampler} {k}, {ta} actions per call"
+
+
+def format_rows(rows: list[EvalRow], stats: dict[str, tuple[float, float]]) -> str:
+    """A Markdown table: one line per report, then mean +- s.d."""
+    lines = [f"### {_describe(rows[0].protocol)}", "",
+             "| report | training seed | step | score | success | max coverage | final coverage |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        seed = "?" if r.training_seed is None else str(r.training_seed)
+        lines.append(f"| {r.path} | {seed} | {r.step} | " +
+                     " | ".join(f"{r.metrics[m]:.3f}" for m in METRICS) + " |")
+    lines.append(f"| **mean +- s.d. ({len(rows)} runs)** | | | " +
+                 " | ".join(f"{mu:.3f} +- {sd:.3f}" for mu, sd in stats.values()) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("reports", nargs="+", help="eval.json files or the folders holding them")
+    args = parser.parse_args(argv)
+    try:
+        rows, stats = across_seeds(args.reports)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_rows(rows, stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

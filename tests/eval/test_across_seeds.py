@@ -1,0 +1,92 @@
+"""Mean and spread of evaluation reports over training seeds."""
+import json
+
+import pytest
+
+from diffpolicy.eval.across_seeds import ReportError, across_seeds, main, read_report
+from diffpolicy.eval.evaluate import evaluate
+
+
+def _write_report(folder, score, success, seed, n_episodes=50, num_inference_steps=None):
+    """A minimal eval.json as diffpolicy-eval writes it (only the fields the summary reads)."""
+    folder.mkdir(parents=True)
+    metric = lambda v: {"mean": v, "ci_low": v, "ci_high": v, "n": n_episodes}  # noqa: E731
+    report = {"config": {"seed_start": 100000, "n_episodes": n_episodes, "max_steps": 300, "sampler": None,
+                         "num_inference_steps": num_inference_steps, "n_action_steps": None},
+              "policy_config": {"sampler": "ddim", "num_inference_steps": 10, "n_action_steps": 8},
+              "task": "pusht_keypoints", "step": 16000, "training_seed": seed,
+              "metrics": {"score": metric(score), "success_rate": metric(success),
+                          "max_coverage": metric(score - 0.05), "final_coverage": metric(score - 0.1)}}
+    (folder / "eval.json").write_text(json.dumps(report))
+    return folder
+
+
+def test_mean_and_sample_sd_over_runs(tmp_path):
+    paths = [_write_report(tmp_path / f"s{i}", score, success, i)
+             for i, (score, success) in enumerate([(0.90, 0.60), (1.00, 0.80), (0.95, 0.70)])]
+    rows, stats = across_seeds(paths)
+    assert [r.training_seed for r in rows] == [0, 1, 2]
+    assert stats["score"] == pytest.approx((0.95, 0.05))                       # sample s.d. (ddof=1)
+    assert stats["success_rate"] == pytest.approx((0.70, 0.10))
+    assert stats["final_coverage"][0] == pytest.approx(0.85)
+
+
+def test_reads_a_real_report(keypoints_ckpt, tmp_path):
+    evaluate(dict(checkpoint=str(keypoints_ckpt), task=None, n_episodes=2, seed_start=100000, max_steps=8,
+                  n_envs=50, use_ema=True, sampler=None, num_inference_steps=None, sampling_seed=0,
+                  device="cpu", output_dir=str(tmp_path / "ev"), n_videos=0, video_format="gif",
+                  latency_calls=0, num_threads=None))
+    row = read_report(tmp_path / "ev")
+    saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert row.training_seed == 3 and row.step == 7
+    assert row.protocol == ("pusht_keypoints", 100000, 2, 8, "ddim", 3, 8)
+    assert row.metrics["score"] == saved["metrics"]["score"]["mean"]
+
+
+def test_different_protocols_are_refused(tmp_path):
+    a = _write_report(tmp_path / "a", 0.9, 0.6, 0)
+    b = _write_report(tmp_path / "b", 0.9, 0.6, 1, n_episodes=500)
+    with pytest.raises(ReportError, match=r"b/eval.json was evaluated with another protocol .*seeds 100000..100499"):
+        across_seeds([a, b])
+    c = _write_report(tmp_path / "c", 0.9, 0.6, 1, num_inference_steps=20)   # same seeds, other sampler steps
+    with pytest.raises(ReportError, match="ddim 20, 8 actions per call vs .*ddim 10"):
+        across_seeds([a, c])
+
+
+def test_bad_paths(tmp_path):
+    with pytest.raises(ReportError, match="no such evaluation report"):
+        read_report(tmp_path / "missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "eval.json").write_text("{not json")
+    with pytest.raises(ReportError, match="not a diffpolicy-eval report"):
+        read_report(tmp_path / "bad")
+    (tmp_path / "other.json").write_text(json.dumps({"metrics": {}}))
+    with pytest.raises(ReportError, match="other.json: not a diffpolicy-eval report .*KeyError"):
+        read_report(tmp_path / "other.json")
+    with pytest.raises(ReportError, match="no evaluation reports given"):
+        across_seeds([])
+
+
+def test_cli(tmp_path, capsys):
+    paths = [str(_write_report(tmp_path / f"s{i}", 0.9 + 0.05 * i, 0.6, i)) for i in range(2)]
+    assert main(paths) == 0
+    out = capsys.readouterr().out
+    assert "| **mean +- s.d. (2 runs)** | | | 0.925 +- 0.035 | 0.600 +- 0.000 |" in out
+    assert main([str(tmp_path / "none")]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_older_report_takes_the_seed_from_the_run_config(tmp_path):
+    """Reports written before ``training_seed`` was stored: the run's config.yaml gives it."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 5\ntask:\n  name: pusht_keypoints\n")
+    folder = _write_report(run / "eval", 0.9, 0.6, seed=None)
+    report = json.loads((folder / "eval.json").read_text())
+    del report["training_seed"]
+    report["checkpoint"] = str(run / "checkpoints" / "latest.pt")
+    (folder / "eval.json").write_text(json.dumps(report))
+    assert read_report(folder).training_seed == 5
+    report["checkpoint"] = str(tmp_path / "elsewhere" / "checkpoints" / "latest.pt")   # no config.yaml there
+    (folder / "eval.json").write_text(json.dumps(report))
+    assert read_report(folder).training_seed is None
