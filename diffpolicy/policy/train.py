@@ -125,10 +125,12 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 class MetricsLog:
-    """Rank-0 CSV (and TensorBoard, if installed) metrics writer; resumable."""
+    """Rank-0 records of a run: ``metrics.csv`` (and TensorBoard, if installed), resumable,
+    and the run's messages in ``train.log`` (appended across resumes)."""
 
     def __init__(self, run_dir: Path, resume_step: int | None):
         self.path = run_dir / "metrics.csv"
+        self.text_path = run_dir / "train.log"
         rows = []
         if resume_step is not None and self.path.exists():
             with open(self.path, newline="") as f:
@@ -154,6 +156,13 @@ class MetricsLog:
             for k, v in row.items():
                 if k != "step" and v != "":
                     self.tb.add_scalar(k, float(v), int(row["step"]))
+
+    def note(self, message: str, bar=None) -> None:
+        """Print ``message`` (through the progress bar, if one is drawn) and append it,
+        time-stamped, to ``train.log``."""
+        (bar.write if bar is not None else print)(message)
+        with open(self.text_path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def close(self) -> None:
         if self.tb is not None:
@@ -274,10 +283,10 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
         resolved.pop("hydra", None)
         OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
         log = MetricsLog(run_dir, step if resume_ckpt is not None else None)
-        print(f"[train] {run.task.name}: {data.n_episodes} episodes, {n_windows} training windows, "
-              f"policy {sum(p.numel() for p in policy.parameters()) / 1e6:.2f} M parameters, "
-              f"{total_steps} steps ({steps_per_epoch} per epoch), {world} process(es) on {device}"
-              + (f", resuming at step {step}" if step else ""), flush=True)
+        log.note(f"[train] {run.task.name}: {data.n_episodes} episodes, {n_windows} training windows, "
+                 f"policy {sum(p.numel() for p in policy.parameters()) / 1e6:.2f} M parameters, "
+                 f"{total_steps} steps ({steps_per_epoch} per epoch), {world} process(es) on {device}"
+                 + (f", resuming at step {step}" if step else ""))
 
     def checkpoint(metrics: dict) -> dict:
         states = [None] * world
@@ -350,8 +359,7 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
                 score = _in_training_eval(ema.averaged, run, device)
                 row.setdefault("step", step)
                 row["eval_score"], row["eval_success"] = f"{score[0]:.4f}", f"{score[1]:.4f}"
-                if bar is not None:
-                    bar.write(f"[eval] step {step}: score {score[0]:.3f}, success {score[1]:.2f}")
+                log.note(f"[eval] step {step}: score {score[0]:.3f}, success {score[1]:.2f}", bar)
             if world > 1:
                 dist.barrier()
         if row and log is not None:
@@ -374,8 +382,8 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
     if log is not None:
         log.close()
         plot_metrics(log.rows, run_dir / "training.png")
-        print(f"[train] done: step {step}/{total_steps}, loss {last_loss:.4f}, {minutes:.1f} min; "
-              f"checkpoint {ckpts.latest}", flush=True)
+        log.note(f"[train] done: step {step}/{total_steps}, loss {last_loss:.4f}, {minutes:.1f} min; "
+                 f"checkpoint {ckpts.latest}")
     return TrainResult(policy=policy, ema=ema, step=step, total_steps=total_steps, last_loss=last_loss,
                        run_dir=run_dir, minutes=minutes, history=log.rows if log else [])
 

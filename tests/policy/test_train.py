@@ -35,6 +35,7 @@ def test_tiny_run_writes_everything(small_store, tmp_path):
     assert result.step == 12 and math.isfinite(result.last_loss)
     for name in ("config.yaml", "metrics.csv", "training.png", "checkpoints/latest.pt"):
         assert (run_dir / name).is_file(), name
+    assert "[train] done: step 12/12" in (run_dir / "train.log").read_text()
     ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt", task="pusht_keypoints")
     assert {"model", "ema", "optimizer", "scheduler", "normalizer", "config", "step", "rng"} <= set(ckpt)
     assert ckpt["step"] == 12 and ckpt["config"]["training"]["max_steps"] == 12
@@ -104,12 +105,17 @@ def test_kill_and_resume(small_store, tmp_path):
         proc.wait()
     killed_at = load_checkpoint(latest)["step"]
     assert 10 <= killed_at < 60
-    assert not [p for p in latest.parent.iterdir() if ".tmp" in p.name] or True  # temp files may remain
     out = subprocess.run(cmd + ["resume=true"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"resuming at step {killed_at}" in out.stdout
     ck = load_checkpoint(latest)
     assert ck["step"] == 60 and math.isfinite(ck["metrics"]["loss"])
+    # train.log keeps both runs' messages: the killed run's start, the resumed start, the end
+    messages = [line.split(" ", 2)[2] for line in (run_dir / "train.log").read_text().splitlines()
+                if "[train]" in line]
+    assert len(messages) == 3 and messages[0].startswith("[train] pusht_keypoints:")
+    assert "resuming" not in messages[0] and messages[1].endswith(f"resuming at step {killed_at}")
+    assert messages[2].startswith("[train] done: step 60/60")
 
 
 def _store_with(tmp_path: Path, src: Path, keypoint_shape=(9, 2)) -> Path:
