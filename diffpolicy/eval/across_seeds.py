@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from diffpolicy.eval.metrics import mean_ci
 
 METRICS = ("score", "success_rate", "max_coverage", "final_coverage")
 
@@ -40,7 +40,6 @@ class EvalRow:
 
 
 def _report_file(path: Path) -> Path:
-    path = Path(path)
     return path / "eval.json" if path.is_dir() else path
 
 
@@ -70,7 +69,8 @@ def read_report(path: str | Path) -> EvalRow:
                     cfg.get("sampler") or pc["sampler"],
                     int(cfg.get("num_inference_steps") or pc["num_inference_steps"]),
                     int(cfg.get("n_action_steps") or pc["n_action_steps"]))
-        seed = report.get("training_seed", _seed_from_run_config(report.get("checkpoint")))
+        seed = (report["training_seed"] if "training_seed" in report
+                else _seed_from_run_config(report.get("checkpoint")))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ReportError(f"{file}: not a diffpolicy-eval report ({type(exc).__name__}: {exc})") from None
     return EvalRow(file, None if seed is None else int(seed), int(report["step"]), protocol, metrics)
@@ -91,8 +91,8 @@ def across_seeds(paths: list[str | Path]) -> tuple[list[EvalRow], dict[str, tupl
                               f"{_describe(row.protocol)} vs {_describe(first.protocol)}")
     stats = {}
     for m in METRICS:
-        x = np.array([r.metrics[m] for r in rows])
-        stats[m] = (float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else float("nan"))
+        ci = mean_ci([r.metrics[m] for r in rows])
+        stats[m] = (ci["mean"], ci["std"] if len(rows) > 1 else float("nan"))   # no spread from one run
     return rows, stats
 
 

@@ -73,7 +73,7 @@ def test_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| **mean +- s.d. (2 runs)** | | | 0.925 +- 0.035 | 0.600 +- 0.000 |" in out
     assert main([str(tmp_path / "none")]) == 2
-    assert "error:" in capsys.readouterr().err
+    assert "error: " in (err := capsys.readouterr().err) and "no such evaluation report" in err
 
 
 def test_older_report_takes_the_seed_from_the_run_config(tmp_path):
