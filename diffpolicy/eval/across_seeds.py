@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffpolicy.eval.evaluate import sampling_settings
 from diffpolicy.eval.metrics import mean_ci
 
 METRICS = ("score", "success_rate", "max_coverage", "final_coverage")
@@ -65,10 +66,10 @@ def read_report(path: str | Path) -> EvalRow:
         report = json.loads(file.read_text())
         cfg, pc = report["config"], report["policy_config"]
         metrics = {m: float(report["metrics"][m]["mean"]) for m in METRICS}
+        # reports written before eval.json stored "sampling" get it rebuilt the same way
+        sampling = report.get("sampling") or sampling_settings(cfg, pc)
         protocol = (report["task"], int(cfg["seed_start"]), int(cfg["n_episodes"]), int(cfg["max_steps"]),
-                    cfg.get("sampler") or pc["sampler"],
-                    int(cfg.get("num_inference_steps") or pc["num_inference_steps"]),
-                    int(cfg.get("n_action_steps") or pc["n_action_steps"]))
+                    sampling["sampler"], int(sampling["num_inference_steps"]), int(sampling["n_action_steps"]))
         seed = (report["training_seed"] if "training_seed" in report
                 else _seed_from_run_config(report.get("checkpoint")))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

@@ -5,7 +5,8 @@ weights by default), runs ``n_episodes`` episodes on seeds ``seed_start ..``
 (default: 50 episodes, seeds 100000..100049, 300 steps), times batch-1 policy
 calls, and writes to ``output_dir``::
 
-    eval.json        config, per-episode results, metrics with 95 % CIs, latency
+    eval.json        config, sampling settings used, per-episode results,
+                     metrics with 95 % CIs, latency
     eval.md          the printed table
     videos/seed<S>.mp4|gif   the first ``n_videos`` episodes (commanded target drawn)
     final_frames.png the last frame of every episode, captioned with its max reward
@@ -41,6 +42,16 @@ def load_policy(path: str | Path, use_ema: bool = True, task: str | None = None,
     state = ckpt["ema"]["averaged"] if use_ema else ckpt["model"]
     policy.load_state_dict(state)
     return policy.to(device).eval(), ckpt
+
+
+def sampling_settings(eval_config: dict, policy_config: dict) -> dict[str, Any]:
+    """The sampler, its step count and actions per call an evaluation used.
+
+    Each comes from the evaluation's config where it was set there, else from
+    the checkpoint's ``policy_config`` (a dict, as stored in the checkpoint).
+    """
+    return {key: eval_config.get(key) or policy_config[key]
+            for key in ("sampler", "num_inference_steps", "n_action_steps")}
 
 
 def task_obs_type(ckpt: dict) -> str:
@@ -114,10 +125,10 @@ def evaluate(cfg: Any) -> dict:
     summary = summarize(result.episodes)
     latency = {"batch 1": latency_b1,
                f"batch <= {max(result.call_batch)} (rollouts)": latency_stats(result.call_seconds)}
-    pc = policy.config
+    sampling = sampling_settings(c, ckpt["policy_config"])
     title = (f"{ckpt['task']} | step {ckpt['step']} | {'EMA' if c['use_ema'] else 'raw'} weights | "
-             f"{c.get('sampler') or pc.sampler} {c.get('num_inference_steps') or pc.num_inference_steps} "
-             f"steps | {pc.n_action_steps} actions per call | seeds {seeds[0]}..{seeds[-1]}")
+             f"{sampling['sampler']} {sampling['num_inference_steps']} steps | "
+             f"{sampling['n_action_steps']} actions per call | seeds {seeds[0]}..{seeds[-1]}")
     table = format_table(summary, latency, title)
     print(table, flush=True)
     print(f"[eval] {len(seeds)} episodes in {rollout_s:.1f} s; report in {out}", flush=True)
@@ -129,7 +140,7 @@ def evaluate(cfg: Any) -> dict:
                 for s, e in zip(seeds, result.episodes)], out / "final_frames.png")
     report = {"config": c, "checkpoint": str(ckpt_path), "task": ckpt["task"], "step": ckpt["step"],
               "training_seed": ckpt["config"].get("seed"),
-              "policy_config": ckpt["policy_config"], "metrics": summary, "latency": latency,
+              "policy_config": ckpt["policy_config"], "sampling": sampling, "metrics": summary, "latency": latency,
               "rollout_seconds": rollout_s, "episodes": [asdict(e) for e in result.episodes]}
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     (out / "eval.md").write_text(table + "\n")

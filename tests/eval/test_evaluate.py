@@ -77,6 +77,9 @@ def test_actions_per_call_can_be_overridden(keypoints_ckpt, tmp_path):
         (rollouts,) = [v for k, v in rep["latency"].items() if "rollouts" in k]
         return rollouts["n"]
     assert calls() == 2 and calls(n_action_steps=4) == 4
+    saved = json.loads((tmp_path / str({"n_action_steps": 4}) / "eval.json").read_text())
+    assert saved["sampling"] == {"sampler": "ddim", "num_inference_steps": 3, "n_action_steps": 4}
+    assert "| ddim 3 steps | 4 actions per call |" in (tmp_path / str({"n_action_steps": 4}) / "eval.md").read_text()
     with pytest.raises(ConfigError, match="n_action_steps=16: .*must not exceed"):
         evaluate(_cfg(keypoints_ckpt, tmp_path / "bad", n_action_steps=16))
     with pytest.raises(ConfigError, match="n_action_steps=0: .*must be >= 1"):
