@@ -20,8 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffpolicy.eval.evaluate import sampling_settings
-from diffpolicy.eval.metrics import mean_ci
+from diffpolicy.eval.metrics import mean_ci, sampling_settings
 
 METRICS = ("score", "success_rate", "max_coverage", "final_coverage")
 

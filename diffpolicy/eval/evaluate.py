@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffpolicy.eval.metrics import format_table, latency_stats, summarize
+from diffpolicy.eval.metrics import format_table, latency_stats, sampling_settings, summarize
 from diffpolicy.eval.rollout import obs_to_policy, make_env, run_rollouts
 from diffpolicy.eval.video import frame_grid, write_video
 from diffpolicy.policy.checkpoint import CheckpointError, load_checkpoint
@@ -42,16 +42,6 @@ def load_policy(path: str | Path, use_ema: bool = True, task: str | None = None,
     state = ckpt["ema"]["averaged"] if use_ema else ckpt["model"]
     policy.load_state_dict(state)
     return policy.to(device).eval(), ckpt
-
-
-def sampling_settings(eval_config: dict, policy_config: dict) -> dict[str, Any]:
-    """The sampler, its step count and actions per call an evaluation used.
-
-    Each comes from the evaluation's config where it was set there, else from
-    the checkpoint's ``policy_config`` (a dict, as stored in the checkpoint).
-    """
-    return {key: eval_config.get(key) or policy_config[key]
-            for key in ("sampler", "num_inference_steps", "n_action_steps")}
 
 
 def task_obs_type(ckpt: dict) -> str:

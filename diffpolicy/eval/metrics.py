@@ -3,11 +3,15 @@
 * score (mean over episodes of the max reward, the paper's number), mean max
   coverage and mean final coverage: mean +- t(0.975, n-1) * sd / sqrt(n);
 * success rate: the Wilson score interval (well behaved near 0 and 1);
-* latency of policy calls: median and 95th percentile.
+* latency of policy calls: median and 95th percentile;
+* the sampling settings a report's numbers were measured with.
+
+Numpy only, so that reading reports (``across_seeds``) does not load torch.
 """
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +60,16 @@ def latency_stats(seconds: list[float] | np.ndarray) -> dict[str, float]:
         return {"median_ms": float("nan"), "p95_ms": float("nan"), "mean_ms": float("nan"), "n": 0}
     return {"median_ms": float(np.median(x)), "p95_ms": float(np.percentile(x, 95)),
             "mean_ms": float(x.mean()), "n": int(len(x))}
+
+
+def sampling_settings(eval_config: dict, policy_config: dict) -> dict[str, Any]:
+    """The sampler, its step count and actions per call an evaluation used.
+
+    Each comes from the evaluation's config where it was set there, else from
+    the checkpoint's ``policy_config`` (a dict, as stored in the checkpoint).
+    """
+    return {key: eval_config.get(key) or policy_config[key]
+            for key in ("sampler", "num_inference_steps", "n_action_steps")}
 
 
 def summarize(episodes) -> dict[str, dict[str, float]]:

@@ -1,5 +1,7 @@
 """Mean and spread of evaluation reports over training seeds."""
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -93,3 +95,11 @@ def test_older_report_takes_the_seed_from_the_run_config(tmp_path):
     report["checkpoint"] = str(tmp_path / "elsewhere" / "checkpoints" / "latest.pt")   # no config.yaml there
     (folder / "eval.json").write_text(json.dumps(report))
     assert read_report(folder).training_seed is None
+
+
+def test_reading_reports_does_not_load_torch():
+    """The summary tool only reads JSON: it must not pay for importing torch and the rollout stack."""
+    code = "import sys, diffpolicy.eval.across_seeds; print(sorted(m for m in ('torch', 'pymunk') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
