@@ -76,11 +76,8 @@ def read_report(path: str | Path) -> EvalRow:
     return EvalRow(file, None if seed is None else int(seed), int(report["step"]), protocol, metrics)
 
 
-def across_seeds(paths: list[str | Path]) -> tuple[list[EvalRow], dict[str, tuple[float, float]]]:
-    """Rows of the reports and ``{metric: (mean, sample s.d.)}`` across them.
-
-    Raises :class:`ReportError` if a report is unreadable or the protocols differ.
-    """
+def read_comparable(paths: list[str | Path]) -> list[EvalRow]:
+    """Read reports that share one protocol; raises :class:`ReportError` otherwise."""
     if not paths:
         raise ReportError("no evaluation reports given")
     rows = [read_report(p) for p in paths]
@@ -88,7 +85,24 @@ def across_seeds(paths: list[str | Path]) -> tuple[list[EvalRow], dict[str, tupl
     for row in rows[1:]:
         if row.protocol != first.protocol:
             raise ReportError(f"{row.path} was evaluated with another protocol than {first.path}: "
-                              f"{_describe(row.protocol)} vs {_describe(first.protocol)}")
+                              f"{describe(row.protocol)} vs {describe(first.protocol)}")
+    return rows
+
+
+def across_seeds(paths: list[str | Path]) -> tuple[list[EvalRow], dict[str, tuple[float, float]]]:
+    """Rows of the reports and ``{metric: (mean, sample s.d.)}`` across them.
+
+    Raises :class:`ReportError` if a report is unreadable, the protocols differ, or two reports
+    come from the same training seed.
+    """
+    rows = read_comparable(paths)
+    seen: dict[int, EvalRow] = {}
+    for row in rows:
+        twin = seen.setdefault(row.training_seed, row) if row.training_seed is not None else row
+        if twin is not row:
+            raise ReportError(f"{twin.path} (step {twin.step}) and {row.path} (step {row.step}) both come from "
+                              f"training seed {row.training_seed}: a mean over training seeds takes one report "
+                              "per seed (python -m diffpolicy.eval.by_step compares the checkpoints of a run)")
     stats = {}
     for m in METRICS:
         ci = mean_ci([r.metrics[m] for r in rows])
@@ -96,14 +110,14 @@ def across_seeds(paths: list[str | Path]) -> tuple[list[EvalRow], dict[str, tupl
     return rows, stats
 
 
-def _describe(protocol: tuple) -> str:
+def describe(protocol: tuple) -> str:
     task, start, n, steps, sampler, k, ta = protocol
     return f"{task}, seeds {start}..{start + n - 1}, {steps} steps, {sampler} {k}, {ta} actions per call"
 
 
 def format_rows(rows: list[EvalRow], stats: dict[str, tuple[float, float]]) -> str:
     """A Markdown table: one line per report, then mean +- s.d."""
-    lines = [f"### {_describe(rows[0].protocol)}", "",
+    lines = [f"### {describe(rows[0].protocol)}", "",
              "| report | training seed | step | score | success | max coverage | final coverage |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -1,6 +1,8 @@
-"""Helpers of the evaluation tests: untrained but complete checkpoints (no training needed)."""
+"""Helpers of the evaluation tests: untrained but complete checkpoints (no training needed) and
+minimal evaluation reports."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -28,3 +30,20 @@ def make_checkpoint(path: Path, task: str = "pusht_keypoints", obs_type: str = "
             "policy_config": cfg.to_dict(), "model": policy.state_dict(), "ema": ema.state_dict(),
             "normalizer": norm.state_dict(), "step": 7, "epoch": 0, "rng": [], "metrics": {}}
     return atomic_save(ckpt, path)
+
+
+def write_report(folder: Path, score: float, success: float, seed: int | None, n_episodes: int = 50,
+                 num_inference_steps: int | None = None, step: int = 16000, seed_start: int = 100000) -> Path:
+    """A minimal eval.json as diffpolicy-eval writes it (only the fields the summaries read)."""
+    folder.mkdir(parents=True)
+    metric = lambda v: {"mean": v, "ci_low": v, "ci_high": v, "n": n_episodes}  # noqa: E731
+    report = {"config": {"seed_start": seed_start, "n_episodes": n_episodes, "max_steps": 300, "sampler": None,
+                         "num_inference_steps": num_inference_steps, "n_action_steps": None},
+              "policy_config": {"sampler": "ddim", "num_inference_steps": 10, "n_action_steps": 8},
+              "task": "pusht_keypoints", "step": step,
+              "metrics": {"score": metric(score), "success_rate": metric(success),
+                          "max_coverage": metric(score - 0.05), "final_coverage": metric(score - 0.1)}}
+    if seed is not None:
+        report["training_seed"] = seed
+    (folder / "eval.json").write_text(json.dumps(report))
+    return folder

@@ -7,24 +7,11 @@ import pytest
 
 from diffpolicy.eval.across_seeds import ReportError, across_seeds, main, read_report
 from diffpolicy.eval.evaluate import evaluate
-
-
-def _write_report(folder, score, success, seed, n_episodes=50, num_inference_steps=None):
-    """A minimal eval.json as diffpolicy-eval writes it (only the fields the summary reads)."""
-    folder.mkdir(parents=True)
-    metric = lambda v: {"mean": v, "ci_low": v, "ci_high": v, "n": n_episodes}  # noqa: E731
-    report = {"config": {"seed_start": 100000, "n_episodes": n_episodes, "max_steps": 300, "sampler": None,
-                         "num_inference_steps": num_inference_steps, "n_action_steps": None},
-              "policy_config": {"sampler": "ddim", "num_inference_steps": 10, "n_action_steps": 8},
-              "task": "pusht_keypoints", "step": 16000, "training_seed": seed,
-              "metrics": {"score": metric(score), "success_rate": metric(success),
-                          "max_coverage": metric(score - 0.05), "final_coverage": metric(score - 0.1)}}
-    (folder / "eval.json").write_text(json.dumps(report))
-    return folder
+from eval_helpers import write_report
 
 
 def test_mean_and_sample_sd_over_runs(tmp_path):
-    paths = [_write_report(tmp_path / f"s{i}", score, success, i)
+    paths = [write_report(tmp_path / f"s{i}", score, success, i)
              for i, (score, success) in enumerate([(0.90, 0.60), (1.00, 0.80), (0.95, 0.70)])]
     rows, stats = across_seeds(paths)
     assert [r.training_seed for r in rows] == [0, 1, 2]
@@ -49,11 +36,11 @@ def test_reads_a_real_report(keypoints_ckpt, tmp_path):
 
 
 def test_different_protocols_are_refused(tmp_path):
-    a = _write_report(tmp_path / "a", 0.9, 0.6, 0)
-    b = _write_report(tmp_path / "b", 0.9, 0.6, 1, n_episodes=500)
+    a = write_report(tmp_path / "a", 0.9, 0.6, 0)
+    b = write_report(tmp_path / "b", 0.9, 0.6, 1, n_episodes=500)
     with pytest.raises(ReportError, match=r"b/eval.json was evaluated with another protocol .*seeds 100000..100499"):
         across_seeds([a, b])
-    c = _write_report(tmp_path / "c", 0.9, 0.6, 1, num_inference_steps=20)   # same seeds, other sampler steps
+    c = write_report(tmp_path / "c", 0.9, 0.6, 1, num_inference_steps=20)   # same seeds, other sampler steps
     with pytest.raises(ReportError, match="ddim 20, 8 actions per call vs .*ddim 10"):
         across_seeds([a, c])
 
@@ -73,7 +60,7 @@ def test_bad_paths(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    paths = [str(_write_report(tmp_path / f"s{i}", 0.9 + 0.05 * i, 0.6, i)) for i in range(2)]
+    paths = [str(write_report(tmp_path / f"s{i}", 0.9 + 0.05 * i, 0.6, i)) for i in range(2)]
     assert main(paths) == 0
     out = capsys.readouterr().out
     assert "| **mean +- s.d. (2 runs)** | | | 0.925 +- 0.035 | 0.600 +- 0.000 |" in out
@@ -86,9 +73,9 @@ def test_older_report_takes_the_seed_from_the_run_config(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text("seed: 5\ntask:\n  name: pusht_keypoints\n")
-    folder = _write_report(run / "eval", 0.9, 0.6, seed=None)
+    folder = write_report(run / "eval", 0.9, 0.6, seed=None)
     report = json.loads((folder / "eval.json").read_text())
-    del report["training_seed"]
+    assert "training_seed" not in report
     report["checkpoint"] = str(run / "checkpoints" / "latest.pt")
     (folder / "eval.json").write_text(json.dumps(report))
     assert read_report(folder).training_seed == 5
@@ -98,8 +85,19 @@ def test_older_report_takes_the_seed_from_the_run_config(tmp_path):
 
 
 def test_reading_reports_does_not_load_torch():
-    """The summary tool only reads JSON: it must not pay for importing torch and the rollout stack."""
-    code = "import sys, diffpolicy.eval.across_seeds; print(sorted(m for m in ('torch', 'pymunk') if m in sys.modules))"
+    """The summary tools only read JSON: they must not pay for importing torch and the rollout stack."""
+    code = "import sys, diffpolicy.eval.across_seeds, diffpolicy.eval.by_step; print(sorted(m for m in ('torch', 'pymunk') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_two_reports_of_one_training_seed_are_refused(tmp_path):
+    a = write_report(tmp_path / "a", 0.9, 0.6, 3, step=14000)
+    b = write_report(tmp_path / "b", 0.9, 0.7, 3)
+    with pytest.raises(ReportError, match=r"a/eval.json \(step 14000\) and .*b/eval.json \(step 16000\) both "
+                                          r"come from training seed 3.*by_step"):
+        across_seeds([a, b])
+    c = write_report(tmp_path / "c", 0.9, 0.7, None)          # seed unknown: cannot tell, so allowed
+    d = write_report(tmp_path / "d", 0.9, 0.7, None)
+    assert len(across_seeds([a, c, d])[0]) == 3
