@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,16 @@ def read_comparable(paths: list[str | Path]) -> list[EvalRow]:
     return rows
 
 
+def first_twins(rows: list[EvalRow], key: Callable[[EvalRow], Hashable]) -> tuple[EvalRow, EvalRow] | None:
+    """The first two rows with the same ``key``, or None when every key is distinct."""
+    seen: dict[Hashable, EvalRow] = {}
+    for row in rows:
+        twin = seen.setdefault(key(row), row)
+        if twin is not row:
+            return twin, row
+    return None
+
+
 def across_seeds(paths: list[str | Path]) -> tuple[list[EvalRow], dict[str, tuple[float, float]]]:
     """Rows of the reports and ``{metric: (mean, sample s.d.)}`` across them.
 
@@ -96,13 +107,12 @@ def across_seeds(paths: list[str | Path]) -> tuple[list[EvalRow], dict[str, tupl
     come from the same training seed.
     """
     rows = read_comparable(paths)
-    seen: dict[int, EvalRow] = {}
-    for row in rows:
-        twin = seen.setdefault(row.training_seed, row) if row.training_seed is not None else row
-        if twin is not row:
-            raise ReportError(f"{twin.path} (step {twin.step}) and {row.path} (step {row.step}) both come from "
-                              f"training seed {row.training_seed}: a mean over training seeds takes one report "
-                              "per seed (python -m diffpolicy.eval.by_step compares the checkpoints of a run)")
+    twins = first_twins([r for r in rows if r.training_seed is not None], lambda r: r.training_seed)
+    if twins:
+        a, b = twins
+        raise ReportError(f"{a.path} (step {a.step}) and {b.path} (step {b.step}) both come from "
+                          f"training seed {b.training_seed}: a mean over training seeds takes one report "
+                          "per seed (python -m diffpolicy.eval.by_step compares the checkpoints of a run)")
     stats = {}
     for m in METRICS:
         ci = mean_ci([r.metrics[m] for r in rows])

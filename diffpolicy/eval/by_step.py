@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffpolicy.eval.across_seeds import METRICS, EvalRow, ReportError, describe, read_comparable
+from diffpolicy.eval.across_seeds import METRICS, EvalRow, ReportError, describe, first_twins, read_comparable
 
 LABELS = {"score": "score (mean max reward)", "success_rate": "success rate",
           "max_coverage": "max coverage", "final_coverage": "final coverage"}
@@ -36,15 +36,15 @@ def by_step(rows: list[EvalRow], metric: str = "success_rate") -> dict[int, dict
     """
     if metric not in METRICS:
         raise ReportError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    table: dict[int, dict[int, float]] = {}
-    first: dict[tuple[int, int], EvalRow] = {}
     for row in rows:
         if row.training_seed is None:
             raise ReportError(f"{row.path}: the report does not say which training seed it comes from")
-        twin = first.setdefault((row.training_seed, row.step), row)
-        if twin is not row:
-            raise ReportError(f"{twin.path} and {row.path} both evaluate training seed {row.training_seed} "
-                              f"at step {row.step}")
+    twins = first_twins(rows, lambda r: (r.training_seed, r.step))
+    if twins:
+        a, b = twins
+        raise ReportError(f"{a.path} and {b.path} both evaluate training seed {b.training_seed} at step {b.step}")
+    table: dict[int, dict[int, float]] = {}
+    for row in rows:
         table.setdefault(row.training_seed, {})[row.step] = row.metrics[metric]
     return dict(sorted(table.items()))
 
