@@ -41,3 +41,16 @@ def fmnist_root() -> Path:
     if not images.exists():
         images = d / "train-images-idx3-ubyte"
     return require_data(images, "Fashion-MNIST").parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _speed_choice_cache(tmp_path_factory):
+    """Speed probes (diffpolicy.speed) cache their choices in a folder of this test
+    session, not in the user's ~/.cache: each session measures afresh, once per shape."""
+    old = os.environ.get("DIFFPOLICY_CACHE")
+    os.environ["DIFFPOLICY_CACHE"] = str(tmp_path_factory.mktemp("speed_cache"))
+    yield
+    if old is None:
+        os.environ.pop("DIFFPOLICY_CACHE", None)
+    else:
+        os.environ["DIFFPOLICY_CACHE"] = old

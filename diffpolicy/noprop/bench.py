@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from diffpolicy import speed
 from diffpolicy.datasets.fashion_mnist import fashion_mnist_splits
 from diffpolicy.noprop.backprop import BackboneClassifier, BackpropDT
 from diffpolicy.noprop.ct import NoPropCT
@@ -106,7 +107,7 @@ def run_row(row: dict, seed: int, cfg: dict, out_dir: Path) -> dict:
                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                peak_gpu_mb=(torch.cuda.max_memory_allocated() / 2**20
                             if tcfg.device.startswith("cuda") else None),
-               threads=torch.get_num_threads(), precision=tcfg.precision,
+               threads=torch.get_num_threads(), machine=speed.machine_info(tcfg.device),
                block_schedule=tcfg.block_schedule if row["kind"] == "dt" else None)
     return res
 

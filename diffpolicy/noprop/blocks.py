@@ -14,8 +14,10 @@ connected layers are batched matmuls over ``(n, B, F)`` activations and each
 block has its own batch-norm statistics.  Block ``i`` only ever reads its own
 slice of every tensor, so the gradient of block ``i``'s loss is zero on every
 other block's parameters (``tests/noprop`` checks this); fusing is a speed-up,
-not a change of method.  On this 2-core CPU it runs the 10 blocks about 4x
-faster than 10 separate modules (see ``benchmarks/bench_noprop.py``).
+not a change of method.  Whether the grouped convolutions beat one plain
+convolution per block depends on the machine, so :meth:`StackedPaperBlocks.set_layout`
+offers both over the same parameters and :mod:`diffpolicy.speed` picks by
+measurement (``benchmarks/bench_noprop.py`` times both against separate modules).
 
 ResNet backbones are torchvision's ResNet-18/50 with a 1-channel stem.
 """
@@ -82,6 +84,8 @@ class StackedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(n, d_out).uniform_(-bound, bound))
 
     def forward(self, h: torch.Tensor, sl: slice = slice(None)) -> torch.Tensor:
+        if sl == slice(None):    # no slice view: its backward would zero-fill a weight-sized gradient
+            return torch.baddbmm(self.bias.unsqueeze(1), h, self.weight)
         return torch.baddbmm(self.bias[sl].unsqueeze(1), h, self.weight[sl])
 
 
@@ -134,6 +138,7 @@ class StackedPaperBlocks(nn.Module):
         self.n, self.embed_dim, self.n_classes = n, embed_dim, n_classes
         self.in_channels, self.image_size, self.dropout = in_channels, image_size, dropout
         self.channels_last = channels_last
+        self._layout = "fused"       # see set_layout
         self.conv1 = nn.Conv2d(in_channels, n * c1, 3, padding=1)
         self.conv2 = nn.Conv2d(n * c1, n * c2, 3, padding=1, groups=n)
         self.conv3 = nn.Conv2d(n * c2, n * c3, 3, padding=1, groups=n)
@@ -156,21 +161,52 @@ class StackedPaperBlocks(nn.Module):
         return (conv.weight.unflatten(0, (self.n, -1))[sl].flatten(0, 1),
                 conv.bias.unflatten(0, (self.n, -1))[sl].flatten())
 
+    LAYOUTS = ("fused", "per_block")
+
+    def set_layout(self, layout: str) -> "StackedPaperBlocks":
+        """How the image path runs (same parameters, same results within float rounding).
+
+        ``"fused"``: one grouped convolution for all blocks, channels-last;
+        ``"per_block"``: one plain convolution per block, contiguous NCHW and
+        ``F.dropout`` (what separate modules do).  Which is faster depends on the CPU and GPU
+        (:mod:`diffpolicy.speed` measures it); call before the optimiser exists.
+        """
+        if layout not in self.LAYOUTS:
+            raise ValueError(f"layout: expected one of {self.LAYOUTS}, got {layout!r}")
+        self._layout = layout
+        self.channels_last = layout == "fused"
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        for conv in (self.conv1, self.conv2, self.conv3):
+            conv.weight.data = conv.weight.data.contiguous(memory_format=fmt)
+        return self
+
+    @property
+    def layout(self) -> str:
+        return self._layout
+
     def image_features(self, x: torch.Tensor, sl: slice = slice(None)) -> torch.Tensor:
         """Image path of blocks ``sl``: ``(B, C, H, W) -> (k, B, 256)``."""
         k = len(range(self.n)[sl])
+        if self._layout == "per_block":
+            h = torch.stack([self._image_path(x, slice(i, i + 1), 1)[0]
+                             for i in range(*sl.indices(self.n))])
+            return self.img_bn(self.img_fc(h, sl), sl)
+        return self.img_bn(self.img_fc(self._image_path(x, sl, k), sl), sl)
+
+    def _image_path(self, x: torch.Tensor, sl: slice, k: int) -> torch.Tensor:
+        """Convolutions of blocks ``sl`` (``k`` of them) before the FC: ``(k, B, C*H*W)``."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         p, train = self.dropout, self.training
+        drop = F.dropout if self._layout == "per_block" else fast_dropout      # per_block: the plain ops
         # max-pool before ReLU (they commute) halves the ReLU work on the big maps
         h = F.conv2d(x, *self._conv_params(self.conv1, sl), padding=1)
-        h = fast_dropout(F.relu(F.max_pool2d(h, 2)), p, train)
+        h = drop(F.relu(F.max_pool2d(h, 2)), p, train)
         h = F.conv2d(h, *self._conv_params(self.conv2, sl), padding=1, groups=k)
-        h = fast_dropout(F.relu(h), p, train)
+        h = drop(F.relu(h), p, train)
         h = F.conv2d(h, *self._conv_params(self.conv3, sl), padding=1, groups=k)
-        h = fast_dropout(F.relu(F.max_pool2d(h, 2)), p, train)
-        h = h.reshape(h.shape[0], k, self.flat).transpose(0, 1)       # (k, B, C*H*W), NCHW order
-        return self.img_bn(self.img_fc(h, sl), sl)
+        h = drop(F.relu(F.max_pool2d(h, 2)), p, train)
+        return h.reshape(h.shape[0], k, self.flat).transpose(0, 1)     # (k, B, C*H*W), NCHW order
 
     def from_features(self, feats: torch.Tensor, z: torch.Tensor,
                       sl: slice = slice(None)) -> torch.Tensor:
@@ -242,13 +278,13 @@ class StackedPaperBlocks(nn.Module):
     @torch.no_grad()
     def select(self, ids: list[int]) -> "StackedPaperBlocks":
         """A new stack holding blocks ``ids`` (0-based slots of this stack), same state."""
-        return StackedPaperBlocks.from_blocks([self.to_block(i) for i in ids], self.channels_last)
+        return StackedPaperBlocks.from_blocks([self.to_block(i) for i in ids]).set_layout(self.layout)
 
     @classmethod
     def merge(cls, stacks: list["StackedPaperBlocks"]) -> "StackedPaperBlocks":
         """Concatenate stacks (blocks in the given order)."""
-        return cls.from_blocks([s.to_block(i) for s in stacks for i in range(s.n)],
-                               stacks[0].channels_last)
+        return cls.from_blocks([s.to_block(i) for s in stacks for i in range(s.n)]
+                               ).set_layout(stacks[0].layout)
 
 
 # ---------------------------------------------------------------- ResNet backbones

@@ -27,11 +27,13 @@ import torch.distributed as dist
 from torch import nn
 
 from diffpolicy.datasets.fashion_mnist import FMNISTSplits, iterate_batches
+from diffpolicy.noprop import execution
 from diffpolicy.noprop.blocks import StackedPaperBlocks
 from diffpolicy.noprop.dt import NoPropDT
 
 BLOCK_SCHEDULES = ("all", "sweep", "random")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
+LAYOUTS = ("auto",) + StackedPaperBlocks.LAYOUTS
 
 
 @dataclass
@@ -45,8 +47,9 @@ class TrainConfig:
     lr_schedule: str = "constant"              # constant (the paper) | cosine (decay to 0 by the last epoch)
     block_schedule: str = "all"
     seed: int = 0
-    precision: str = "fp32"
-    eval_batch: int = 2000
+    precision: str = "auto"                    # auto: fp32 or (where native and faster) bf16, measured
+    layout: str = "auto"                       # auto | fused | per_block (paper blocks), measured
+    eval_batch: int = 128                      # larger batches were no faster on CPU (memory-bound convs)
     max_steps_per_epoch: int | None = None     # cut epochs short (timing / smoke runs)
     predict_modes: dict = field(default_factory=lambda: {"deterministic": {}})
     val_overrides: dict = field(default_factory=dict)   # e.g. fewer CT steps on validation
@@ -59,6 +62,8 @@ class TrainConfig:
                              f"got {self.block_schedule!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout: expected one of {LAYOUTS}, got {self.layout!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not self.predict_modes:
@@ -66,7 +71,10 @@ class TrainConfig:
 
 
 def autocast(precision: str, device: str = "cpu"):
-    """bf16 autocast (on CPUs with AMX / AVX-512 BF16 about 1.5x faster here), or nothing."""
+    """bf16 autocast, or nothing for fp32 (``auto`` must be resolved first: :mod:`.execution`)."""
+    if precision == "auto":
+        raise ValueError("precision='auto' is resolved by diffpolicy.noprop.execution.resolve "
+                         "before training or inference")
     if precision == "bf16":
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -265,6 +273,7 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
     noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
     model.to(cfg.device)
     train_x, train_y = data.train_x.to(cfg.device), data.train_y.to(cfg.device)
+    cfg = execution.resolve(model, cfg, train_x[:cfg.batch_size], train_y[:cfg.batch_size], log=log)
     opt = Optimizers(model, cfg)
     history, best, best_state, start = [], -1.0, None, 0
     if checkpoint is not None and Path(checkpoint).exists():
@@ -305,11 +314,22 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
         infer_s[name] = time.perf_counter() - t0
     best_epoch = max(history, key=lambda h: h["val_acc"])["epoch"] if history else 0
     return {"history": history, "best_epoch": best_epoch, "val_acc": best, "test_acc": test_acc,
-            "infer_seconds": infer_s,
+            "infer_seconds": infer_s, "precision": cfg.precision, "layout": cfg.layout,
             "seconds_per_epoch": sum(h["seconds"] for h in history) / max(len(history), 1)}
 
 
 # ------------------------------------------------------------ parallel NoProp-DT
+@contextlib.contextmanager
+def _threads(n: int):
+    """Run the body with ``n`` torch threads (a worker's count, for its probe)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def block_partition(T: int, world_size: int) -> list[list[int]]:
     """Contiguous groups of the blocks 1..T, as even as possible, one per process."""
     if not 1 <= world_size <= T:
@@ -334,6 +354,7 @@ def _parallel_worker(rank: int, world_size: int, init_method: str, model_kwargs:
         torch.manual_seed(cfg.seed)
         full = NoPropDT(**model_kwargs)                       # identical init on every worker
         part = full.subset(block_partition(full.T, world_size)[rank])
+        part.blocks.set_layout(cfg.layout)                    # resolved by fit_dt_parallel
         del full
         opt = Optimizers(part, cfg)
         data_gen = torch.Generator().manual_seed(cfg.seed)
@@ -363,6 +384,12 @@ def fit_dt_parallel(model_kwargs: dict, data: FMNISTSplits, cfg: TrainConfig, wo
     if cfg.block_schedule != "all":
         raise ValueError("parallel training runs every held block on every batch "
                          f"(block_schedule='all'), got {cfg.block_schedule!r}")
+    probe_part = NoPropDT(**model_kwargs)
+    probe_part = probe_part.subset(block_partition(probe_part.T, world_size)[0])
+    with _threads(threads_per_worker):
+        cfg = execution.resolve(probe_part, cfg, data.train_x[:cfg.batch_size],
+                                data.train_y[:cfg.batch_size])
+    del probe_part
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rdzv = workdir / "rendezvous"

@@ -134,7 +134,8 @@ def test_parallel_training_on_two_gloo_processes_matches_serial(tmp_path):
     """Blocks split over 2 processes, only head and W_embed synced: same model as serial."""
     data = tiny_splits(n_train=48)
     kwargs = dict(n_classes=K, T=4, embedding="learned", embed_dim=8, dropout=0.0, image_size=IMG)
-    cfg = _cfg(max_steps_per_epoch=3)
+    # one precision and layout for both (auto could measure a different winner for a worker's share)
+    cfg = _cfg(max_steps_per_epoch=3, precision="fp32", layout="fused")
     par, hist = fit_dt_parallel(kwargs, data, cfg, world_size=2, workdir=tmp_path)
     assert par.block_ids == [1, 2, 3, 4] and [h[0]["steps"] for h in hist] == [3, 3]
     torch.manual_seed(cfg.seed)

@@ -1,0 +1,250 @@
+"""Fast paths chosen by measurement on the machine that runs, cached per machine.
+
+A model offers several ways to run the same computation (fused or per-block
+kernels, channels-last or plain layers, fp32 or bf16).  Which is fastest
+depends on the CPU (AMX, AVX-512 BF16, AVX2 only, Apple silicon), the GPU,
+the torch build and the thread count, so nothing here assumes one: :func:`choose`
+times the candidates side by side on the real shapes (interleaved, median),
+keeps the fastest, logs the choice once and caches it in a JSON file keyed by
+:func:`machine_key`.  A later run on the same machine reads the cache and
+probes nothing.  A config value other than ``auto`` skips all of this.
+
+Cache file: ``$DIFFPOLICY_CACHE/speed_choices.json`` (default
+``~/.cache/diffpolicy``)::
+
+    {"<machine key>": {"<probe key>": {"choice": "fused_bf16",
+                                        "seconds": {"plain": 0.41, ...},
+                                        "machine": {...}, "when": "..."}}}
+
+Probes run under :func:`torch.random.fork_rng`, so choosing never changes the
+random numbers a run draws afterwards (a probed run and a cached run are equal).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+CACHE_FILE = "speed_choices.json"
+_LOGGED: set[tuple[str, str]] = set()
+
+
+# ------------------------------------------------------------------ the machine
+def _cpuinfo() -> dict[str, str]:
+    """First processor's fields of /proc/cpuinfo (empty off Linux)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    if fields:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_model() -> str:
+    info = _cpuinfo()
+    name = info.get("model name") or info.get("Model") or platform.processor()
+    if not name and sys.platform == "darwin":
+        try:
+            import subprocess  # noqa: PLC0415
+            name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                  text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            name = ""
+    return name or f"unknown {platform.machine()} CPU"
+
+
+def cpu_flags() -> set[str]:
+    return set(_cpuinfo().get("flags", "").split())
+
+
+def cpu_capability() -> str:
+    """torch's dispatch level for this CPU (e.g. ``AVX2``, ``AVX512``, ``DEFAULT`` on ARM)."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):  # pragma: no cover - old torch
+        return "unknown"
+
+
+def gpu_name(device: torch.device | str | None = None) -> str | None:
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    if device is not None and device.type == "mps":
+        return "Apple MPS"
+    return None
+
+
+def bf16_native(device: torch.device | str = "cpu") -> bool:
+    """Whether the hardware computes bf16 natively (else bf16 is emulated: never faster).
+
+    CUDA: ``torch.cuda.is_bf16_supported()``.  x86 CPUs: the AVX-512 BF16 or AMX
+    BF16 instructions.  Apple silicon (arm64 macOS, ARMv8.6 bf16 on M2 and later)
+    and other ARM CPUs: the ``bf16`` cpu flag where Linux shows it, else oneDNN's
+    own check.  Being native is necessary, not sufficient: :func:`choose` still
+    times bf16 against fp32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    flags = cpu_flags()
+    if flags:
+        return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover
+        return False
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):  # pragma: no cover - Windows
+        return None
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """What every benchmark and result file records about the machine that made it."""
+    flags = cpu_flags()
+    isa_flags = sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
+                                "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "bf16"})
+    return {"cpu_model": cpu_model(), "machine": platform.machine(), "system": platform.system(),
+            "cpu_capability": cpu_capability(), "isa_flags": isa_flags,
+            "bf16_native": bf16_native(device), "cores": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "load_average": load_average(), "device": str(device), "gpu": gpu_name(device),
+            "python": platform.python_version()}
+
+
+def machine_key(device: torch.device | str = "cpu") -> str:
+    """Cache key: CPU model and capability, GPU, torch version and threads."""
+    gpu = gpu_name(device)
+    return " | ".join([cpu_model(), cpu_capability(), f"gpu {gpu}" if gpu else "cpu",
+                       f"torch {torch.__version__}", f"threads {torch.get_num_threads()}"])
+
+
+# ------------------------------------------------------------------ timing
+def _sync(device: torch.device | str | None) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int = 3, warmup: int = 1,
+                     device: torch.device | str | None = None) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved so load hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+            _sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# ------------------------------------------------------------------ the cache
+def cache_path() -> Path:
+    root = os.environ.get("DIFFPOLICY_CACHE") or os.path.join(Path.home(), ".cache", "diffpolicy")
+    return Path(root) / CACHE_FILE
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}          # missing or damaged: probe again (and rewrite it)
+
+
+def _write_cache(path: Path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only home: keep the choice for this process only
+        print(f"[speed] could not write the choice cache {path}: {exc}", file=sys.stderr)
+
+
+def cached_choice(probe: str, candidates: list[str] | tuple[str, ...],
+                  device: torch.device | str = "cpu") -> str | None:
+    entry = _read_cache(cache_path()).get(machine_key(device), {}).get(probe)
+    if isinstance(entry, dict) and entry.get("choice") in candidates:
+        return entry["choice"]
+    return None
+
+
+def choose(probe: str, candidates: dict[str, Callable[[], Any]], *, override: str | None = None,
+           device: torch.device | str = "cpu", reps: int = 3, warmup: int = 1,
+           log: Callable[[str], Any] | None = print) -> str:
+    """Name of the fastest candidate for ``probe`` on this machine.
+
+    ``candidates`` maps names to zero-argument functions that run one
+    representative step (the first is the reference, e.g. ``"plain"``).
+    ``override`` (a config value other than ``"auto"``) is returned as is after
+    a check.  Otherwise a cached choice is used, or the candidates are timed
+    (under ``fork_rng``), the fastest is cached, and the choice logged once.
+    """
+    names = list(candidates)
+    if override is not None and override != "auto":
+        if override not in candidates:
+            raise ValueError(f"{probe}: unknown choice {override!r}; expected 'auto' or one of {names}")
+        return override
+    if len(names) == 1:
+        return names[0]
+    choice = cached_choice(probe, names, device)
+    how = "cached"
+    if choice is None:
+        with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda"
+                                   else []):
+            seconds = time_interleaved(candidates, reps, warmup, device)
+        choice = min(seconds, key=seconds.get)
+        path = cache_path()
+        data = _read_cache(path)
+        data.setdefault(machine_key(device), {})[probe] = {
+            "choice": choice, "seconds": {k: round(v, 6) for k, v in seconds.items()},
+            "machine": machine_info(device), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        _write_cache(path, data)
+        how = "measured " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in seconds.items())
+    if log is not None and (probe, choice) not in _LOGGED:
+        _LOGGED.add((probe, choice))
+        log(f"[speed] {probe}: {choice} ({how}; {machine_key(device)})")
+    return choice
+
+
+# ------------------------------------------------------------------ benchmark reports
+def speed_row(name: str, seconds: float, plain_seconds: float, **extra: Any) -> dict[str, Any]:
+    """One benchmark row: its time, the plain time measured in the same run, and the ratio."""
+    return {"name": name, "seconds": seconds, "plain_seconds": plain_seconds,
+            "speedup_vs_plain": plain_seconds / seconds if seconds > 0 else None, **extra}
+
+
+def write_benchmark_json(path: str | Path, benchmark: str, rows: list[dict], command: str | None = None,
+                         device: torch.device | str = "cpu", **extra: Any) -> None:
+    """``{"benchmark", "command", "machine", "rows": [...], ...}`` written to ``path``."""
+    report = {"benchmark": benchmark, "command": command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+              "when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(device),
+              "rows": rows, **extra}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"[bench] wrote {path}")

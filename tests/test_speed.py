@@ -1,0 +1,73 @@
+"""Fast paths chosen by measurement (diffpolicy.speed): choice, cache, override, RNG."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from diffpolicy import speed
+
+
+def _sleepy(seconds: float):
+    def fn():
+        time.sleep(seconds)
+    return fn
+
+
+def test_choose_keeps_the_fastest_and_caches_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFPOLICY_CACHE", str(tmp_path))
+    logs = []
+    first = speed.choose("probe A", {"plain": _sleepy(0.03), "fast": _sleepy(0.0)}, log=logs.append)
+    assert first == "fast"
+    assert "measured" in logs[0] and "fast" in logs[0]
+    cached = json.loads((tmp_path / speed.CACHE_FILE).read_text())
+    entry = cached[speed.machine_key()]["probe A"]
+    assert entry["choice"] == "fast" and entry["seconds"]["plain"] > entry["seconds"]["fast"]
+    assert entry["machine"]["torch"] == torch.__version__ and entry["machine"]["cpu_model"]
+    # the cache answers the next time, even if the timings would now say otherwise
+    calls = []
+    again = speed.choose("probe A", {"plain": lambda: calls.append(1), "fast": _sleepy(0.03)}, log=None)
+    assert again == "fast" and not calls
+
+
+def test_choose_override_and_bad_override(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFPOLICY_CACHE", str(tmp_path))
+    fns = {"plain": _sleepy(0.02), "fast": _sleepy(0.0)}
+    assert speed.choose("probe B", fns, override="plain", log=None) == "plain"
+    assert not (tmp_path / speed.CACHE_FILE).exists()          # nothing measured
+    with pytest.raises(ValueError, match=r"probe B: unknown choice 'turbo'; expected 'auto' or one of"):
+        speed.choose("probe B", fns, override="turbo", log=None)
+
+
+def test_damaged_cache_is_measured_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFPOLICY_CACHE", str(tmp_path))
+    (tmp_path / speed.CACHE_FILE).write_text("{not json")
+    assert speed.choose("probe C", {"slow": _sleepy(0.02), "quick": _sleepy(0.0)}, log=None) == "quick"
+    assert "probe C" in json.loads((tmp_path / speed.CACHE_FILE).read_text())[speed.machine_key()]
+
+
+def test_probing_does_not_move_the_random_stream(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFPOLICY_CACHE", str(tmp_path))
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    speed.choose("probe D", {"a": lambda: torch.rand(100), "b": lambda: torch.randn(100)}, log=None)
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_bf16_native_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(speed, "cpu_flags", lambda: {"avx2", "fma"})
+    assert not speed.bf16_native("cpu")
+    monkeypatch.setattr(speed, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert speed.bf16_native("cpu")
+    monkeypatch.setattr(speed, "cpu_flags", lambda: {"amx_tile", "amx_bf16"})
+    assert speed.bf16_native("cpu")
+
+
+def test_machine_info_names_what_a_result_needs():
+    info = speed.machine_info()
+    for key in ("cpu_model", "cpu_capability", "isa_flags", "cores", "torch", "threads", "load_average"):
+        assert key in info
+    assert info["threads"] == torch.get_num_threads()
