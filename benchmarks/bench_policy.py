@@ -2,7 +2,11 @@
 
 Prints Markdown tables.  Default run: a few minutes on 2 CPU cores.
 
-    python benchmarks/bench_policy.py [--threads 2] [--configs cpu,published_lowdim] [--quick]
+    python benchmarks/bench_policy.py [--threads 2] [--configs cpu,published_lowdim] [--quick] [--json out.json]
+
+Each table times the plain UNet path, the fast path and the default
+(``fast_unet: auto``: the faster by a cached start-up probe) side by side, and
+gives each row's ratio to plain measured in the same run.
 
 Tables:
 1. one ``predict_action`` call at batch 1 (median / p95 ms) per policy config,
@@ -14,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from diffpolicy import speed
 from diffpolicy.datasets import LinearNormalizer
 from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from diffpolicy.policy.ema import EMA
+from diffpolicy.speed import speed_row
 
 CONFIGS = {  # name: PolicyConfig overrides (matching diffpolicy/configs/policy/*.yaml)
     "cpu": dict(down_dims=(32, 64, 128), step_embed_dim=32, sampler="ddim", num_inference_steps=10),
@@ -30,26 +35,22 @@ CONFIGS = {  # name: PolicyConfig overrides (matching diffpolicy/configs/policy/
 }
 
 
-def make_policy(overrides: dict, fast: bool = True) -> DiffusionPolicy:
+def make_policy(overrides: dict, fast: bool | str = True) -> DiffusionPolicy:
     torch.manual_seed(0)
     norm = LinearNormalizer().fit({"obs": torch.rand(256, 20) * 512, "action": torch.rand(256, 2) * 512})
     return DiffusionPolicy(PolicyConfig(fast_unet=fast, **overrides), norm)
 
 
-def timed(fn, reps: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def pct(x: list[float], q: float) -> float:
     s = sorted(x)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))] * 1e3
+
+
+PATHS = (("plain", False), ("fast", True), ("default", "auto"))   # default: fast_unet: auto
+
+
+def label(key: str, policy: DiffusionPolicy) -> str:
+    return f"default (auto: {'fast' if policy.unet.fast else 'plain'})" if key == "default" else key
 
 
 def main() -> None:
@@ -61,61 +62,81 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=128, help="training batch")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--json", default=None, help="write the rows and the machine to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     reps = 8 if args.quick else args.reps
     names = args.configs.split(",")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    m = speed.machine_info()
+    print(f"{m['cpu_model']} ({m['cpu_capability']}), torch {m['torch']}, {m['threads']} threads, "
+          f"load {m['load_average']}\n")
+    records = []
 
-    print("### Policy call at batch 1 (predict_action: encoder + sampler + unnormalise)\n")
-    print("| policy | params | UNet path | sampler | median ms | p95 ms |")
-    print("|---|---|---|---|---|---|")
+    print("### Policy call at batch 1 (predict_action: encoder + sampler + unnormalise), paths interleaved\n")
+    print("| policy | params | UNet path | sampler | median ms | p95 ms | vs plain |")
+    print("|---|---|---|---|---|---|---|")
     obs1 = {"obs": torch.rand(1, 2, 20) * 512}
     for name in names:
-        for fast in (True, False):
-            policy = make_policy(CONFIGS[name], fast).eval()
-            n = sum(p.numel() for p in policy.parameters()) / 1e6
-            samplers = ([("ddim", int(s)) for s in args.steps.split(",")] if name.startswith("cpu")
-                        else [("ddim", 10), ("ddpm", 100)])
-            for sampler, steps in samplers:
-                r = reps if steps <= 20 else max(3, reps // 6)
-                t = timed(lambda: policy.predict_action(obs1, sampler=sampler, num_inference_steps=steps), r)
-                print(f"| {name} | {n:.2f} M | {'fast' if fast else 'plain'} | {sampler} {steps} | "
-                      f"{statistics.median(t) * 1e3:.1f} | {pct(t, 0.95):.1f} |", flush=True)
+        policies = {k: make_policy(CONFIGS[name], fast).eval() for k, fast in PATHS}
+        n = sum(p.numel() for p in policies["plain"].parameters()) / 1e6
+        samplers = ([("ddim", int(s)) for s in args.steps.split(",")] if name.startswith("cpu")
+                    else [("ddim", 10), ("ddpm", 100)])
+        for sampler, steps in samplers:
+            r = reps if steps <= 20 else max(3, reps // 6)
+            t = speed.time_samples({k: (lambda p=p: p.predict_action(obs1, sampler=sampler,
+                                                                      num_inference_steps=steps))
+                                    for k, p in policies.items()}, r, warmup=3)
+            plain = statistics.median(t["plain"])
+            for k, p in policies.items():
+                med = statistics.median(t[k])
+                print(f"| {name} | {n:.2f} M | {label(k, p)} | {sampler} {steps} | {med * 1e3:.1f} | "
+                      f"{pct(t[k], 0.95):.1f} | {plain / med:.2f}x |", flush=True)
+                records.append(speed_row(f"policy call batch 1 {name} {sampler} {steps} {label(k, p)}",
+                                         med, plain, part="latency", policy=name, default=k == "default",
+                                         p95_seconds=pct(t[k], 0.95) / 1e3))
 
-    print(f"\n### Training step at batch {args.batch} (forward + backward + AdamW + EMA)\n")
-    print("| policy | UNet path | ms / step | samples / s |")
-    print("|---|---|---|---|")
+    print(f"\n### Training step at batch {args.batch} (forward + backward + AdamW + EMA), paths interleaved\n")
+    print("| policy | UNet path | ms / step | samples / s | vs plain |")
+    print("|---|---|---|---|---|")
     batch = {"obs": torch.rand(args.batch, 2, 20) * 512, "action": torch.rand(args.batch, 16, 2) * 512}
     for name in names:
-        for fast in (True, False):
+        steps, policies = {}, {}
+        for k, fast in PATHS:
             policy = make_policy(CONFIGS[name], fast)
+            policy.choose_train_path(args.batch)          # what diffpolicy-train does (auto only)
             ema = EMA(policy)
             opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
 
-            def step():
+            def step(policy=policy, ema=ema, opt=opt):
                 loss = policy.compute_loss(batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 ema.update(policy)
-
-            t = timed(step, max(3, reps // 3), warmup=2)
-            ms = statistics.median(t) * 1e3
-            print(f"| {name} | {'fast' if fast else 'plain'} | {ms:.0f} | {args.batch / ms * 1e3:.0f} |",
-                  flush=True)
+            steps[k], policies[k] = step, policy
+        t = speed.time_interleaved(steps, max(3, reps // 3), warmup=2)
+        for k, s_ in t.items():
+            print(f"| {name} | {label(k, policies[k])} | {s_ * 1e3:.0f} | {args.batch / s_:.0f} | "
+                  f"{t['plain'] / s_:.2f}x |", flush=True)
+            records.append(speed_row(f"train step batch {args.batch} {name} {label(k, policies[k])}", s_,
+                                     t["plain"], part="train", policy=name, default=k == "default"))
 
     print("\n### Batched policy call at batch 50 (one call of a standard 50-episode evaluation)\n")
-    print("| policy | UNet path | sampler | median ms |")
-    print("|---|---|---|---|")
+    print("| policy | UNet path | sampler | median ms | vs plain |")
+    print("|---|---|---|---|---|")
     obs50 = {"obs": torch.rand(50, 2, 20) * 512}
     for name in names:
-        for fast in (True, False):
-            policy = make_policy(CONFIGS[name], fast).eval()
-            cfg = policy.config
-            t = timed(lambda: policy.predict_action(obs50), max(3, reps // 4))
-            print(f"| {name} | {'fast' if fast else 'plain'} | {cfg.sampler} {cfg.num_inference_steps} | "
-                  f"{statistics.median(t) * 1e3:.1f} |", flush=True)
+        policies = {k: make_policy(CONFIGS[name], fast).eval() for k, fast in PATHS}
+        cfg = policies["plain"].config
+        t = speed.time_interleaved({k: (lambda p=p: p.predict_action(obs50)) for k, p in policies.items()},
+                                   max(3, reps // 4), warmup=2)
+        for k, p in policies.items():
+            print(f"| {name} | {label(k, p)} | {cfg.sampler} {cfg.num_inference_steps} | "
+                  f"{t[k] * 1e3:.1f} | {t['plain'] / t[k]:.2f}x |", flush=True)
+            records.append(speed_row(f"policy call batch 50 {name} {label(k, p)}", t[k], t["plain"],
+                                     part="batch50", policy=name, default=k == "default"))
+    if args.json:
+        speed.write_benchmark_json(args.json, "bench_policy", records, train_batch=args.batch)
 
 
 if __name__ == "__main__":

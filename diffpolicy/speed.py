@@ -147,6 +147,12 @@ def _sync(device: torch.device | str | None) -> None:
 def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int = 3, warmup: int = 1,
                      device: torch.device | str | None = None) -> dict[str, float]:
     """Median seconds per call of each function, calls interleaved so load hits all alike."""
+    return {k: statistics.median(v) for k, v in time_samples(fns, reps, warmup, device).items()}
+
+
+def time_samples(fns: dict[str, Callable[[], Any]], reps: int = 3, warmup: int = 1,
+                 device: torch.device | str | None = None) -> dict[str, list[float]]:
+    """Seconds of each of ``reps`` calls per function, calls interleaved (after ``warmup`` rounds)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -158,7 +164,7 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int = 3, warmup: i
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
 # ------------------------------------------------------------------ the cache

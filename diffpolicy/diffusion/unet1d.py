@@ -171,6 +171,20 @@ class ConditionalUnet1D(nn.Module):
                 module.weight = nn.Parameter(w.permute(0, 2, 1).contiguous().permute(0, 2, 1))
         return self
 
+    def standard_weights_(self) -> "ConditionalUnet1D":
+        """Undo :meth:`time_major_weights_`: every weight contiguous in its own shape
+        (what ``nn.Conv1d`` reads without a copy).  Same values, new parameter objects."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and not module.weight.is_contiguous():
+                module.weight = nn.Parameter(module.weight.detach().contiguous())
+        return self
+
+    def set_fast(self, fast: bool) -> "ConditionalUnet1D":
+        """Switch the path and give the weights that path's layout (before an optimiser exists:
+        the parameters are replaced).  To switch only the path, set ``model.fast``."""
+        self.fast = bool(fast)
+        return self.time_major_weights_() if self.fast else self.standard_weights_()
+
     def _condition(self, timestep: torch.Tensor | int | float, global_cond: torch.Tensor | None,
                    batch: int, device: torch.device) -> torch.Tensor:
         t = torch.as_tensor(timestep, device=device)

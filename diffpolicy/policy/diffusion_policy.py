@@ -30,6 +30,7 @@ from diffpolicy.datasets.normalizer import LinearNormalizer
 from diffpolicy.diffusion.schedule import NoiseSchedule
 from diffpolicy.diffusion.unet1d import ConditionalUnet1D
 from diffpolicy.policy.encoders import ImageEncoder, LowDimEncoder
+from diffpolicy.policy.execution import choose_unet_path, inference_bucket
 
 OBS_TYPES = ("lowdim", "image")
 SAMPLERS = ("ddpm", "ddim")
@@ -59,7 +60,7 @@ class PolicyConfig:
     crop_shape: tuple[int, int] = (84, 84)
     num_keypoints: int = 32
     image_feature_dim: int = 64
-    fast_unet: bool = True
+    fast_unet: bool | str = "auto"      # auto: fast or plain UNet path, measured (policy/execution.py)
 
     def __post_init__(self) -> None:
         if self.obs_type not in OBS_TYPES:
@@ -76,6 +77,8 @@ class PolicyConfig:
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
             raise ValueError(f"policy.num_inference_steps must be in [1, "
                              f"{self.num_train_timesteps}], got {self.num_inference_steps}")
+        if self.fast_unet not in (True, False, "auto"):
+            raise ValueError(f"policy.fast_unet must be true, false or auto, got {self.fast_unet!r}")
         self.down_dims = tuple(int(d) for d in self.down_dims)
         self.image_shape = tuple(int(d) for d in self.image_shape)
         self.crop_shape = tuple(int(d) for d in self.crop_shape)
@@ -109,7 +112,10 @@ class DiffusionPolicy(nn.Module):
         self.global_cond_dim = cfg.n_obs_steps * self.obs_encoder.feature_dim
         self.unet = ConditionalUnet1D(cfg.action_dim, self.global_cond_dim, cfg.down_dims,
                                       cfg.step_embed_dim, cfg.kernel_size, cfg.n_groups,
-                                      fast=cfg.fast_unet)
+                                      fast=cfg.fast_unet is not False)
+        # auto: the path per use, measured on first need (policy/execution.py)
+        self.train_fast: bool = cfg.fast_unet is not False
+        self._inference_fast: dict[int, bool] = {}
         self.schedule = NoiseSchedule(cfg.beta_schedule, cfg.num_train_timesteps)
         self.register_buffer("alpha_bar", self.schedule.alpha_bar.float(), persistent=False)
 
@@ -132,6 +138,29 @@ class DiffusionPolicy(nn.Module):
         image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         return {"image": self.normalizer.normalize("image", image),
                 "agent_pos": self.normalizer.normalize("agent_pos", pos[:, :to].float())}
+
+    def choose_train_path(self, batch: int, log=print) -> bool:
+        """Measure (``fast_unet: auto``) and set the UNet path for training at ``batch``;
+        call before the optimiser and EMA exist (the weights change layout)."""
+        if self.config.fast_unet == "auto":
+            device = next(self.parameters()).device
+            self.train_fast = choose_unet_path(self.unet, batch, self.config.horizon, True, device, log)
+            self.unet.set_fast(self.train_fast)
+        return self.train_fast
+
+    def _use_path(self, batch: int, training: bool) -> None:
+        """Point the UNet at the path chosen for this use (``fast_unet: auto`` only)."""
+        if self.config.fast_unet != "auto":
+            return
+        if training:
+            self.unet.fast = self.train_fast
+            return
+        bucket = inference_bucket(batch)
+        if bucket not in self._inference_fast:
+            device = next(self.parameters()).device
+            self._inference_fast[bucket] = choose_unet_path(self.unet, bucket, self.config.horizon,
+                                                            False, device)
+        self.unet.fast = self._inference_fast[bucket]
 
     def global_condition(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """World-unit observations -> flattened features ``(B, To * F)``."""
@@ -158,6 +187,7 @@ class DiffusionPolicy(nn.Module):
                           device=x0.device)
         abar = self.alpha_bar[k].reshape(-1, 1, 1)
         noisy = abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
+        self._use_path(x0.shape[0], training=torch.is_grad_enabled())
         return F.mse_loss(self.unet(noisy, k, cond), noise)
 
     def forward(self, batch: dict) -> torch.Tensor:
@@ -174,6 +204,7 @@ class DiffusionPolicy(nn.Module):
         cfg = self.config
         cond = self.global_condition(obs)
         shape = (cond.shape[0], cfg.horizon, cfg.action_dim)
+        self._use_path(shape[0], training=False)
         x = sample(self.unet, self.schedule, shape, cond, method=sampler or cfg.sampler,
                    num_inference_steps=num_inference_steps or cfg.num_inference_steps,
                    clip_sample=cfg.clip_sample, generator=generator)

@@ -205,6 +205,18 @@ def plot_metrics(rows: list[dict], path: Path) -> None:
 
 
 # ---------------------------------------------------------------- the loop
+def choose_train_path(policy: DiffusionPolicy, batch: int, rank: int, world: int) -> None:
+    """UNet path for training (``fast_unet: auto``): rank 0 measures, every rank follows."""
+    if policy.config.fast_unet != "auto":
+        return
+    choice = [policy.choose_train_path(batch) if rank == 0 else None]
+    if world > 1:
+        dist.broadcast_object_list(choice, src=0)
+        if rank:
+            policy.train_fast = bool(choice[0])
+            policy.unet.set_fast(policy.train_fast)
+
+
 def train(cfg: Any, progress: bool = True) -> TrainResult:
     """Train a Diffusion Policy as configured; see the module docstring."""
     run = check_train_config(to_plain_config(cfg))
@@ -225,8 +237,10 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
             raise ConfigError(f"{run_dir} already holds a run ({ckpts.latest}); pass resume=true "
                               f"to continue it or choose another run_dir=")
         resume_ckpt = load_checkpoint(ckpts.latest, task=run.task.name)
-        if resume_ckpt["policy_config"] != pcfg.to_dict():
-            diff = sorted(k for k, v in pcfg.to_dict().items() if resume_ckpt["policy_config"].get(k) != v)
+        # fast_unet picks kernels, not a model: a run may resume with another setting
+        diff = sorted(k for k, v in pcfg.to_dict().items()
+                      if k != "fast_unet" and resume_ckpt["policy_config"].get(k) != v)
+        if diff:
             raise CheckpointError(f"{ckpts.latest} was saved with a different policy config "
                                   f"(differs in: {', '.join(diff)}); use another run_dir=")
     data = load_task_data(run)
@@ -241,6 +255,7 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
     # Same initial weights on every process, different noise afterwards.
     torch.manual_seed(run.seed)
     policy = DiffusionPolicy(pcfg, fit_normalizer(data)).to(device)
+    choose_train_path(policy, t_cfg.batch_size // world, rank, world)
     ema = EMA(policy, power=t_cfg.ema_power, max_value=t_cfg.ema_max)
     random.seed(run.seed + rank)
     np.random.seed(run.seed + rank)

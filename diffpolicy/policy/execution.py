@@ -1,0 +1,69 @@
+"""Which UNet path a policy runs on this machine: the fast channels-last kernels or plain layers.
+
+``policy.fast_unet: auto`` (the default) times both paths of the policy's own
+UNet on the shapes that matter and keeps the faster (:func:`diffpolicy.speed.choose`,
+cached per machine):
+
+* training: one forward + backward at the per-process batch, each path with
+  its own weight layout (:meth:`ConditionalUnet1D.set_fast`), chosen once before
+  the optimiser exists;
+* inference: one forward at a bucket of the batch size (1 for a control loop,
+  8, or 64 for batched rollouts), chosen the first time a bucket is met.
+
+``true`` or ``false`` fixes the path and measures nothing.  Both paths give
+the same outputs within float rounding (``tests/diffusion/test_unet.py``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import torch
+
+from diffpolicy import speed
+from diffpolicy.diffusion.unet1d import ConditionalUnet1D, count_parameters
+
+INFERENCE_BUCKETS = (1, 8, 64)
+
+
+def inference_bucket(batch: int) -> int:
+    """The probed batch size standing for ``batch`` (nearest on a log scale)."""
+    return min(INFERENCE_BUCKETS, key=lambda b: abs(math.log2(batch / b)))
+
+
+def _probe_fns(unet: ConditionalUnet1D, batch: int, horizon: int, train: bool,
+               device: torch.device | str) -> dict[str, Callable[[], object]]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, horizon, unet.input_dim, generator=gen).to(device)
+    t = torch.randint(0, 100, (batch,), generator=gen).to(device)
+    cond = torch.randn(batch, unet.global_cond_dim, generator=gen).to(device) \
+        if unet.global_cond_dim else None
+    fns = {}
+    for name, fast in (("fast", True), ("plain", False)):
+        m = copy.deepcopy(unet)
+        if train:
+            m.set_fast(fast)
+
+            def run(m=m):
+                m.zero_grad(set_to_none=True)
+                m(x, t, cond).square().mean().backward()
+        else:
+            m.fast = fast
+
+            def run(m=m):
+                with torch.inference_mode():
+                    m(x, t, cond)
+        fns[name] = run
+    return fns
+
+
+def choose_unet_path(unet: ConditionalUnet1D, batch: int, horizon: int, train: bool,
+                     device: torch.device | str = "cpu",
+                     log: Callable[[str], object] | None = print) -> bool:
+    """True when the fast path is the faster for this UNet, batch and mode on this machine."""
+    what = "train step" if train else "inference"
+    probe = (f"unet {list(unet.down_dims)} {count_parameters(unet)} params, {what} batch {batch} "
+             f"horizon {horizon} on {torch.device(device).type}")
+    fns = _probe_fns(unet, batch, horizon, train, device)
+    return speed.choose(probe, fns, device=device, reps=3 if train else 5, log=log) == "fast"
