@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 
 CACHE_FILE = "speed_choices.json"
+TIE_MARGIN = 0.03     # another candidate must beat the first (the reference) by more than 3 %
 _LOGGED: set[tuple[str, str]] = set()
 
 
@@ -205,7 +206,8 @@ def choose(probe: str, candidates: dict[str, Callable[[], Any]], *, override: st
     """Name of the fastest candidate for ``probe`` on this machine.
 
     ``candidates`` maps names to zero-argument functions that run one
-    representative step (the first is the reference, e.g. ``"plain"``).
+    representative step.  The first is the reference (plain, fp32): another
+    candidate is chosen only when it is more than ``TIE_MARGIN`` faster.
     ``override`` (a config value other than ``"auto"``) is returned as is after
     a check.  Otherwise a cached choice is used, or the candidates are timed
     (under ``fork_rng``), the fastest is cached, and the choice logged once.
@@ -224,6 +226,8 @@ def choose(probe: str, candidates: dict[str, Callable[[], Any]], *, override: st
                                    else []):
             seconds = time_interleaved(candidates, reps, warmup, device)
         choice = min(seconds, key=seconds.get)
+        if seconds[names[0]] <= seconds[choice] * (1 + TIE_MARGIN):
+            choice = names[0]             # within noise of the reference: keep the reference
         path = cache_path()
         data = _read_cache(path)
         data.setdefault(machine_key(device), {})[probe] = {

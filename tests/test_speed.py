@@ -71,3 +71,11 @@ def test_machine_info_names_what_a_result_needs():
     for key in ("cpu_model", "cpu_capability", "isa_flags", "cores", "torch", "threads", "load_average"):
         assert key in info
     assert info["threads"] == torch.get_num_threads()
+
+
+def test_a_tie_keeps_the_reference(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFPOLICY_CACHE", str(tmp_path))
+    monkeypatch.setattr(speed, "time_interleaved", lambda fns, *a, **k: {"plain": 1.00, "fast": 0.99})
+    assert speed.choose("probe E", {"plain": lambda: None, "fast": lambda: None}, log=None) == "plain"
+    monkeypatch.setattr(speed, "time_interleaved", lambda fns, *a, **k: {"plain": 1.00, "fast": 0.90})
+    assert speed.choose("probe F", {"plain": lambda: None, "fast": lambda: None}, log=None) == "fast"
