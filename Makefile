@@ -12,7 +12,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 test test-all: export OMP_WAIT_POLICY ?= PASSIVE
 DEMO_DIR ?= runs/demo
 
-.PHONY: setup test test-all demo bench bench-noprop data-fmnist clean-venv
+.PHONY: setup test test-all demo bench bench-noprop gpu-check data-fmnist clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,9 +42,16 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -q -m ""
 
-# Benchmarks print tables; each script in benchmarks/ is standalone.
+# Benchmarks print tables; each script in benchmarks/ is standalone.  BENCH_JSON_DIR=docs/results
+# also writes each table with the machine (see docs/speed.md).
 bench: setup
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; \
+	  $(PY) $$b $(if $(BENCH_JSON_DIR),--json $(BENCH_JSON_DIR)/$$(basename $$b .py).json) || exit 1; done
+
+# On a machine with a CUDA GPU: every model trained (and the policies evaluated) for a few
+# hundred steps on the GPU beside the CPU; table and docs/results/gpu_check.json.
+gpu-check: setup data-fmnist
+	$(PY) benchmarks/gpu_check.py --json docs/results/gpu_check.json
 
 # NoProp table (docs/noprop.md) in the background; rerunning resumes where it stopped.
 bench-noprop: setup

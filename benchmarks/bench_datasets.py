@@ -17,14 +17,13 @@ same vectorised random 84x84 crop to the To observation frames.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from diffpolicy import paths
+from diffpolicy import paths, speed
 from diffpolicy.datasets.pusht import load_pusht, pusht_loader, random_crop
 from diffpolicy.datasets.replay_buffer import ReplayBuffer
 from diffpolicy.datasets.windows import split_episodes
@@ -127,6 +126,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0], help="DataLoader workers for the baseline")
     ap.add_argument("--max-train-episodes", type=int, default=90, help="the original's cap (0: none)")
     ap.add_argument("--skip-image", action="store_true")
+    ap.add_argument("--json", default=None, help="write the rows and the machine to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = args.path or paths.pusht_zarr_path()
@@ -134,7 +134,7 @@ def main() -> None:
 
     rb = ReplayBuffer.open(path)
     train_mask, _ = split_episodes(rb.n_episodes, 0.02, 42, cap)
-    print(f"Push-T loader benchmark: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+    print(f"Push-T loader benchmark: {speed.cpu_model()}, {torch.get_num_threads()} "
           f"torch threads, {rb.n_episodes} episodes / {rb.n_steps} steps, train episodes {int(train_mask.sum())}, "
           f"H={H} To={TO} Ta={TA}\n")
 
@@ -179,6 +179,13 @@ def main() -> None:
     for task, bs, name, w, bps, lo, hi in rows:
         ref = next(r[4] for r in rows if r[0] == task and r[2].startswith("ours"))
         print(f"| {task} | {bs} | {name} | {w} | {bps:,.1f} | {lo:,.1f}-{hi:,.1f} | {bps * bs:,.0f} | {ref / bps:.1f}x |")
+    if args.json:
+        records = [{"name": f"{task} batch {bs} {name} workers {w}", "task": task, "batch": bs, "loader": name,
+                    "workers": w, "batches_per_s": bps, "samples_per_s": bps * bs,
+                    "ours_vs_this": next(r[4] for r in rows if r[0] == task and r[2].startswith("ours")) / bps}
+                   for task, bs, name, w, bps, lo, hi in rows]
+        speed.write_benchmark_json(args.json, "bench_datasets", records,
+                                   loads=[{"name": n, "seconds": sec, "mb": b / 2**20} for n, sec, b in loads])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import gymnasium as gym
@@ -22,6 +21,7 @@ import numpy as np
 import zarr
 
 import diffpolicy.envs  # noqa: F401  (registers the ids)
+from diffpolicy import speed
 from diffpolicy.envs.geometry import coverage
 from diffpolicy.envs.pusht import PushTEnv
 from diffpolicy.envs.render import SceneRenderer
@@ -129,9 +129,11 @@ def main() -> None:
     parser.add_argument("--image-frames", type=int, default=2000,
                         help="dataset frames rendered for the image check (25650 = all)")
     parser.add_argument("--skip-replay", action="store_true", help="skip the 206-demo replay")
+    parser.add_argument("--json", default=None, help="write the rows and the machine to this JSON file")
     args = parser.parse_args()
+    records: list[dict] = []
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible; "
+    print(f"machine: {speed.cpu_model()}, {os.cpu_count()} CPU cores visible; "
           f"numbers are wall-clock and noisy on a shared machine\n")
     print("### Env steps per second (random actions in [0, 512]^2)\n")
     print("| obs_type | single env | SyncVectorEnv x8 | AsyncVectorEnv x8 |")
@@ -141,11 +143,16 @@ def main() -> None:
         sync = vector_env_rate(obs_type, 8, args.vec_steps, "sync")
         asyn = vector_env_rate(obs_type, 8, args.vec_steps, "async")
         print(f"| {obs_type} | {single:,.0f} | {sync:,.0f} | {asyn:,.0f} |")
-    print(f"\nexact T-T coverage (4 convex clips): {coverage_cost():.1f} us per call near the goal\n")
+        records.append({"name": f"{obs_type} env steps/s", "single": single, "sync_x8": sync, "async_x8": asyn})
+    cov = coverage_cost()
+    records.append({"name": "coverage us per call", "microseconds": cov})
+    print(f"\nexact T-T coverage (4 convex clips): {cov:.1f} us per call near the goal\n")
 
     path = pusht_zarr_path()
     if not path.exists():
         print(f"(demo store not found at {path}: replay and image checks skipped)")
+        if args.json:
+            speed.write_benchmark_json(args.json, "bench_envs", records)
         return
     store = zarr.open_group(str(path), mode="r")
     if not args.skip_replay:
@@ -154,6 +161,7 @@ def main() -> None:
         print("| episodes | steps | time (s) | steps/s | max state err (px) | max angle err (rad) "
               "| successes | mean max reward |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        records.append({"name": "replay all demos", **r})
         print(f"| {r['episodes']} | {r['steps']} | {r['seconds']:.1f} | {r['steps'] / r['seconds']:,.0f} "
               f"| {r['pos_err']:.2e} | {r['ang_err']:.2e} | {r['successes']} | {r['mean_max_reward']:.4f} |")
         print("\n| keypoint obs vs data: within 1e-3 px | same, frames without contact | median (px) "
@@ -168,6 +176,9 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|")
     print(f"| {f['frames']} | {100 * f['equal']:.3f} % | {100 * f['worst']:.2f} % | {f['mad']:.4f} "
           f"| {f['ms_per_frame']:.2f} |")
+    records.append({"name": "image fidelity", **f})
+    if args.json:
+        speed.write_benchmark_json(args.json, "bench_envs", records)
 
 
 if __name__ == "__main__":

@@ -248,6 +248,13 @@ def speed_row(name: str, seconds: float, plain_seconds: float, **extra: Any) -> 
             "speedup_vs_plain": plain_seconds / seconds if seconds > 0 else None, **extra}
 
 
+def _plain(value: Any) -> Any:
+    """JSON for numpy / torch scalars and arrays (``.item()`` / ``.tolist()``), else ``str``."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value.item() if hasattr(value, "item") else str(value)
+
+
 def write_benchmark_json(path: str | Path, benchmark: str, rows: list[dict], command: str | None = None,
                          device: torch.device | str = "cpu", **extra: Any) -> None:
     """``{"benchmark", "command", "machine", "rows": [...], ...}`` written to ``path``."""
@@ -256,5 +263,5 @@ def write_benchmark_json(path: str | Path, benchmark: str, rows: list[dict], com
               "rows": rows, **extra}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.write_text(json.dumps(report, indent=2, default=_plain) + "\n")
     print(f"[bench] wrote {path}")

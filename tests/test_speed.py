@@ -79,3 +79,28 @@ def test_a_tie_keeps_the_reference(monkeypatch, tmp_path):
     assert speed.choose("probe E", {"plain": lambda: None, "fast": lambda: None}, log=None) == "plain"
     monkeypatch.setattr(speed, "time_interleaved", lambda fns, *a, **k: {"plain": 1.00, "fast": 0.90})
     assert speed.choose("probe F", {"plain": lambda: None, "fast": lambda: None}, log=None) == "fast"
+
+
+def test_benchmark_json_holds_rows_ratio_and_machine(tmp_path):
+    import numpy as np
+    out = tmp_path / "b.json"
+    row = speed.speed_row("train fast", 0.5, 1.0, part="train", default=True, extra=np.float32(2.5))
+    speed.write_benchmark_json(out, "bench_x", [row], command="bench_x --json b.json")
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "bench_x" and report["command"] == "bench_x --json b.json"
+    assert report["rows"][0]["speedup_vs_plain"] == 2.0 and report["rows"][0]["extra"] == 2.5
+    for key in ("cpu_model", "cpu_capability", "isa_flags", "torch", "threads", "load_average"):
+        assert key in report["machine"]
+
+
+def test_gpu_check_refuses_a_missing_gpu_with_a_clear_message():
+    import subprocess
+    import sys
+    from pathlib import Path
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    r = subprocess.run([sys.executable, str(script), "--device", "cuda"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0
+    assert "--device cuda but torch sees no CUDA device" in r.stderr
