@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffpolicy.eval.ensemble import ActionEnsembler, check_ensemble_options
 from diffpolicy.eval.metrics import format_table, latency_stats, sampling_settings, summarize
 from diffpolicy.eval.rollout import obs_to_policy, make_env, run_rollouts
 from diffpolicy.eval.video import frame_grid, write_video
@@ -31,7 +32,8 @@ from diffpolicy.policy.run_config import ConfigError, to_plain_config
 
 EVAL_KEYS = {"checkpoint", "task", "n_episodes", "seed_start", "max_steps", "n_envs", "use_ema",
              "sampler", "num_inference_steps", "n_action_steps", "sampling_seed", "device", "output_dir",
-             "n_videos", "video_format", "video_size", "latency_calls", "num_threads", "hydra"}
+             "n_videos", "video_format", "video_size", "latency_calls", "num_threads",
+             "temporal_ensemble", "replan_every", "hydra"}
 
 
 def load_policy(path: str | Path, use_ema: bool = True, task: str | None = None,
@@ -52,21 +54,37 @@ def task_obs_type(ckpt: dict) -> str:
 @torch.no_grad()
 def measure_latency(policy: DiffusionPolicy, obs_type: str, calls: int, device: torch.device,
                     sampler: str | None = None, num_inference_steps: int | None = None,
-                    warmup: int = 5) -> list[float]:
-    """Wall time of ``calls`` batch-1 ``predict_action`` calls on a real observation."""
+                    warmup: int = 5, temporal_ensemble: float | None = None,
+                    replan_every: int = 1) -> list[float]:
+    """Wall time of ``calls`` batch-1 ``predict_action`` calls on a real observation.
+
+    With ``temporal_ensemble`` set: the cost per env step instead, timed
+    directly: one ``predict_action_sequence`` call, storing it in an
+    :class:`ActionEnsembler` and the ``replan_every`` ensembled actions it
+    serves, divided by ``replan_every``.
+    """
     env = make_env(obs_type)
     obs, _ = env.reset(seed=0)
     env.close()
     batch = {k: v.to(device) for k, v in
              obs_to_policy(obs_type, [[obs] * policy.config.n_obs_steps]).items()}
+    ensembler = None if temporal_ensemble is None else ActionEnsembler(policy.config.n_obs_steps,
+                                                                       temporal_ensemble)
     times = []
     for i in range(warmup + calls):
         t0 = time.perf_counter()
-        policy.predict_action(batch, sampler=sampler, num_inference_steps=num_inference_steps)
+        if ensembler is None:
+            policy.predict_action(batch, sampler=sampler, num_inference_steps=num_inference_steps)
+        else:
+            seq = policy.predict_action_sequence(batch, sampler=sampler,
+                                                 num_inference_steps=num_inference_steps)
+            ensembler.add(seq[0].cpu().numpy(), i * replan_every)
+            for t in range(i * replan_every, (i + 1) * replan_every):
+                ensembler.action(t)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
+            times.append((time.perf_counter() - t0) / (1 if ensembler is None else replan_every))
     return times
 
 
@@ -95,6 +113,15 @@ def evaluate(cfg: Any) -> dict:
             policy.config = replace(policy.config, n_action_steps=int(c["n_action_steps"]))
         except ValueError as exc:
             raise ConfigError(f"n_action_steps={c['n_action_steps']}: {exc}") from None
+    try:
+        coef, replan = check_ensemble_options(c.get("temporal_ensemble"), c.get("replan_every"),
+                                              policy.config.horizon, policy.config.n_obs_steps)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if coef is not None and c.get("n_action_steps") is not None:
+        raise ConfigError(f"n_action_steps={c['n_action_steps']} does not apply with temporal_ensemble="
+                          f"{c['temporal_ensemble']}: every step executes an ensembled action and "
+                          f"replan_every sets the steps between policy calls")
     obs_type = task_obs_type(ckpt)
     out = Path(c["output_dir"]) if c.get("output_dir") else (
         ckpt_path.parent.parent / f"eval_{ckpt_path.stem}_{c['n_episodes']}")
@@ -102,7 +129,8 @@ def evaluate(cfg: Any) -> dict:
 
     # batch-1 latency first: it also warms up the sampler before the timed rollout calls
     latency_b1 = latency_stats(measure_latency(policy, obs_type, c["latency_calls"], device,
-                                               c.get("sampler"), c.get("num_inference_steps")))
+                                               c.get("sampler"), c.get("num_inference_steps"),
+                                               temporal_ensemble=coef, replan_every=replan))
     seeds = list(range(c["seed_start"], c["seed_start"] + c["n_episodes"]))
     record = tuple(seeds[:c["n_videos"]])
     t0 = time.perf_counter()
@@ -110,15 +138,18 @@ def evaluate(cfg: Any) -> dict:
                           device=device, sampling_seed=c["sampling_seed"], record_seeds=record,
                           keep_final_frames=True, video_size=c.get("video_size", 256),
                           sampler=c.get("sampler"),
-                          num_inference_steps=c.get("num_inference_steps"))
+                          num_inference_steps=c.get("num_inference_steps"),
+                          temporal_ensemble=coef, replan_every=c.get("replan_every"))
     rollout_s = time.perf_counter() - t0
     summary = summarize(result.episodes)
-    latency = {"batch 1": latency_b1,
+    latency = {"batch 1" if coef is None else "batch 1 per env step (ensembling)": latency_b1,
                f"batch <= {max(result.call_batch)} (rollouts)": latency_stats(result.call_seconds)}
     sampling = sampling_settings(c, ckpt["policy_config"])
+    execution = (f"{sampling['n_action_steps']} actions per call" if coef is None else
+                 f"temporal ensemble m={coef:g}, a call every {replan} steps")
     title = (f"{ckpt['task']} | step {ckpt['step']} | {'EMA' if c['use_ema'] else 'raw'} weights | "
              f"{sampling['sampler']} {sampling['num_inference_steps']} steps | "
-             f"{sampling['n_action_steps']} actions per call | seeds {seeds[0]}..{seeds[-1]}")
+             f"{execution} | seeds {seeds[0]}..{seeds[-1]}")
     table = format_table(summary, latency, title)
     print(table, flush=True)
     print(f"[eval] {len(seeds)} episodes in {rollout_s:.1f} s; report in {out}", flush=True)

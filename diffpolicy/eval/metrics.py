@@ -67,9 +67,17 @@ def sampling_settings(eval_config: dict, policy_config: dict) -> dict[str, Any]:
 
     Each comes from the evaluation's config where it was set there, else from
     the checkpoint's ``policy_config`` (a dict, as stored in the checkpoint).
+    With temporal ensembling (``temporal_ensemble`` set) the settings also hold
+    ``temporal_ensemble`` (m) and ``replan_every`` (default 1), and
+    ``n_action_steps`` is ``replan_every``: the env steps per policy call.
     """
-    return {key: eval_config.get(key) or policy_config[key]
-            for key in ("sampler", "num_inference_steps", "n_action_steps")}
+    settings = {key: eval_config.get(key) or policy_config[key]
+                for key in ("sampler", "num_inference_steps", "n_action_steps")}
+    if eval_config.get("temporal_ensemble") is not None:
+        replan = eval_config.get("replan_every") or 1
+        settings.update(n_action_steps=replan, temporal_ensemble=float(eval_config["temporal_ensemble"]),
+                        replan_every=replan)
+    return settings
 
 
 def summarize(episodes) -> dict[str, dict[str, float]]:

@@ -10,6 +10,12 @@ policy calls instead of ~1900 calls at batch 1.
 
 Observation history: the last ``To`` observations of each episode; at reset
 the first observation is repeated ``To`` times (as the reference does).
+
+Temporal ensembling (``temporal_ensemble=m``, off by default): the policy is
+called every ``replan_every`` env steps (still one batched call for all
+running episodes), each call's whole sequence ``(H, Da)`` is stored per
+episode, and every step executes the weighted mean of the stored predictions
+for that step (:mod:`diffpolicy.eval.ensemble`).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from diffpolicy.eval.ensemble import ActionEnsembler, check_ensemble_options
 from diffpolicy.policy.diffusion_policy import DiffusionPolicy
 
 
@@ -83,14 +90,21 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
                  sampling_seed: int = 0, record_seeds: tuple[int, ...] = (),
                  video_size: int = 256, keep_final_frames: bool = False,
                  sampler: str | None = None, num_inference_steps: int | None = None,
-                 progress: bool = True) -> RolloutResult:
+                 progress: bool = True, temporal_ensemble: float | None = None,
+                 replan_every: int | None = None) -> RolloutResult:
     """Run one episode per seed; ``n_envs`` episodes at a time (default: all).
 
     ``record_seeds`` episodes keep every rendered frame (``video_size`` pixels);
     ``keep_final_frames`` keeps the last frame of every episode.
+    ``temporal_ensemble`` (m >= 0, None = off) ensembles the whole predicted
+    sequences of calls made every ``replan_every`` steps (default 1) instead of
+    executing ``n_action_steps`` actions per call.
     """
     policy.eval()
-    to, ta = policy.config.n_obs_steps, policy.config.n_action_steps
+    to = policy.config.n_obs_steps
+    coef, replan = None, 1
+    if temporal_ensemble is not None or replan_every is not None:
+        coef, replan = check_ensemble_options(temporal_ensemble, replan_every, policy.config.horizon, to)
     n_envs = n_envs or len(seeds)
     gen = torch.Generator(device=device).manual_seed(sampling_seed)
     result = RolloutResult(episodes=[])
@@ -112,14 +126,15 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
         for env, s in zip(envs, chunk):
             if s in record_seeds:
                 result.frames[s] = [env.render()]
+        ensemblers = None if coef is None else [ActionEnsembler(to, coef) for _ in chunk]
         active = list(range(len(chunk)))
         while active:
             batch = obs_to_policy(obs_type, [history[i][-to:] for i in active])
             batch = {k: v.to(device) for k, v in batch.items()}
             t0 = time.perf_counter()
-            actions = policy.predict_action(batch, generator=gen, sampler=sampler,
-                                            num_inference_steps=num_inference_steps)
-            actions = actions.cpu().numpy()
+            predict = policy.predict_action if ensemblers is None else policy.predict_action_sequence
+            actions = predict(batch, generator=gen, sampler=sampler, num_inference_steps=num_inference_steps)
+            actions = actions.cpu().numpy()     # (N, Ta, Da), or (N, H, Da) when ensembling
             if torch.cuda.is_available() and torch.device(device).type == "cuda":
                 torch.cuda.synchronize()
             result.call_seconds.append(time.perf_counter() - t0)
@@ -128,7 +143,9 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
             for row, i in enumerate(active):
                 seed, st = chunk[i], stats[chunk[i]]
                 done = False
-                for a in actions[row]:
+                plan = actions[row] if ensemblers is None else _ensembled(ensemblers[i], actions[row],
+                                                                         st["steps"], replan)
+                for a in plan:
                     obs, reward, terminated, truncated, info = envs[i].step(a)
                     if seed in record_seeds:
                         result.frames[seed].append(envs[i].render())
@@ -161,3 +178,11 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
     if bar is not None:
         bar.close()
     return result
+
+
+def _ensembled(ensembler: ActionEnsembler, sequence: np.ndarray, step: int, replan_every: int):
+    """Store ``sequence`` ``(H, Da)`` predicted at env ``step``; yield the ensembled actions
+    ``(Da,)`` of steps ``step .. step + replan_every - 1`` (each when it is executed)."""
+    ensembler.add(sequence, step)
+    for t in range(step, step + replan_every):
+        yield ensembler.action(t)

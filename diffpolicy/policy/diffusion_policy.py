@@ -16,7 +16,8 @@ DDPM or DDIM over ``num_inference_steps``, un-normalise, and return the
 ``Ta`` actions that start at the current step: a window whose first
 observation is step ``t - To + 1`` predicts actions ``t - To + 1 .. t - To + H``,
 so the receding horizon executes entries ``To - 1 .. To + Ta - 2``
-(the reference's ``start = To - 1``).
+(the reference's ``start = To - 1``).  :meth:`predict_action_sequence` returns
+the whole sequence ``(B, H, Da)`` (for temporal ensembling, ``eval/ensemble.py``).
 """
 from __future__ import annotations
 
@@ -211,12 +212,23 @@ class DiffusionPolicy(nn.Module):
         return self.normalizer.unnormalize("action", x)
 
     @torch.inference_mode()
+    def predict_action_sequence(self, obs: dict[str, torch.Tensor] | torch.Tensor,
+                                generator: torch.Generator | None = None, sampler: str | None = None,
+                                num_inference_steps: int | None = None) -> torch.Tensor:
+        """Observation history (last ``To`` steps, world units) -> the whole sequence ``(B, H, Da)``.
+
+        Index ``To - 1`` is the action for the step of the last observation,
+        index ``To - 1 + j`` the one ``j`` steps later.
+        """
+        if isinstance(obs, torch.Tensor):
+            obs = {"obs": obs}
+        return self.sample_actions(obs, generator, sampler, num_inference_steps)
+
+    @torch.inference_mode()
     def predict_action(self, obs: dict[str, torch.Tensor] | torch.Tensor,
                        generator: torch.Generator | None = None, sampler: str | None = None,
                        num_inference_steps: int | None = None) -> torch.Tensor:
         """Observation history (last ``To`` steps, world units) -> ``(B, Ta, Da)`` actions to execute."""
-        if isinstance(obs, torch.Tensor):
-            obs = {"obs": obs}
-        seq = self.sample_actions(obs, generator, sampler, num_inference_steps)
+        seq = self.predict_action_sequence(obs, generator, sampler, num_inference_steps)
         start = self.config.n_obs_steps - 1
         return seq[:, start:start + self.config.n_action_steps]
