@@ -9,7 +9,9 @@ Shapes (B batch, To observation steps, H horizon, Ta executed actions, Da = 2)::
 Training (:meth:`compute_loss`): normalise to [-1, 1], encode the first ``To``
 observation steps into a global condition ``(B, To * F)``, draw a diffusion
 step ``k ~ U{0 .. N-1}`` and noise ``eps`` per sample, and regress
-``unet(sqrt(abar_k) a + sqrt(1 - abar_k) eps, k, cond)`` onto ``eps`` (MSE).
+``unet(sqrt(abar_k) a + sqrt(1 - abar_k) eps, k, cond)`` onto ``eps`` (MSE, or
+L1 with ``loss: l1``).  ``obs_noise_std > 0`` adds Gaussian noise of that std
+to the normalised low-dim observations before they are encoded (training only).
 
 Inference (:meth:`predict_action`): denoise ``(B, H, Da)`` from pure noise with
 DDPM or DDIM over ``num_inference_steps``, un-normalise, and return the
@@ -35,6 +37,7 @@ from diffpolicy.policy.execution import choose_unet_path, inference_bucket
 
 OBS_TYPES = ("lowdim", "image")
 SAMPLERS = ("ddpm", "ddim")
+LOSSES = ("mse", "l1")
 
 
 @dataclass
@@ -62,12 +65,15 @@ class PolicyConfig:
     num_keypoints: int = 32
     image_feature_dim: int = 64
     fast_unet: bool | str = "auto"      # auto: fast or plain UNet path, measured (policy/execution.py)
+    loss: str = "mse"                   # epsilon-prediction loss: "mse" or "l1"
 
     def __post_init__(self) -> None:
         if self.obs_type not in OBS_TYPES:
             raise ValueError(f"policy.obs_type must be one of {OBS_TYPES}, got {self.obs_type!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"policy.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"policy.loss must be one of {LOSSES}, got {self.loss!r}")
         if self.n_obs_steps < 1 or self.n_action_steps < 1:
             raise ValueError(f"policy: n_obs_steps and n_action_steps must be >= 1, got "
                              f"{self.n_obs_steps} and {self.n_action_steps}")
@@ -81,6 +87,11 @@ class PolicyConfig:
         if self.fast_unet not in (True, False, "auto"):
             raise ValueError(f"policy.fast_unet must be true, false or auto, got {self.fast_unet!r}")
         self.down_dims = tuple(int(d) for d in self.down_dims)
+        stride = 2 ** (len(self.down_dims) - 1)
+        if self.horizon % stride:
+            raise ValueError(f"policy.horizon must be divisible by {stride} (2 ** (len(down_dims) - 1): "
+                             f"the UNet halves it at each of {len(self.down_dims) - 1} levels), "
+                             f"got {self.horizon}")
         self.image_shape = tuple(int(d) for d in self.image_shape)
         self.crop_shape = tuple(int(d) for d in self.crop_shape)
 
@@ -165,23 +176,41 @@ class DiffusionPolicy(nn.Module):
 
     def global_condition(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """World-unit observations -> flattened features ``(B, To * F)``."""
-        feats = self.obs_encoder(self._normalize_obs(obs))
+        return self._encode(self._normalize_obs(obs))
+
+    def _encode(self, nobs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised observations (first ``To`` steps) -> flattened features ``(B, To * F)``."""
+        feats = self.obs_encoder(nobs)
         return feats.reshape(feats.shape[0], -1)
 
     # ---------------------------------------------------------------- training
-    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Epsilon-prediction MSE on ``batch = {"obs": ..., "action": (B, H, Da)}`` (world units).
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None,
+                     obs_noise_std: float = 0.0) -> torch.Tensor:
+        """Epsilon-prediction loss (``config.loss``: MSE or L1) on
+        ``batch = {"obs": ..., "action": (B, H, Da)}`` (world units).
 
         ``generator`` (optional) draws the noise and diffusion steps, e.g. for a
         validation loss that is comparable across training steps.
+        ``obs_noise_std > 0`` adds ``N(0, obs_noise_std^2)`` noise to the
+        normalised observations ``(B, To, Do)`` (low-dim only), drawn from
+        ``generator`` before the diffusion noise and steps; 0 draws nothing.
         """
         action = batch["action"]
         if action.dim() != 3 or action.shape[1:] != (self.config.horizon, self.config.action_dim):
             raise ValueError(f"DiffusionPolicy: batch['action'] must have shape "
                              f"(B, {self.config.horizon}, {self.config.action_dim}), "
                              f"got {tuple(action.shape)}")
+        if obs_noise_std < 0:
+            raise ValueError(f"DiffusionPolicy: obs_noise_std must be >= 0, got {obs_noise_std}")
+        if obs_noise_std > 0 and self.config.obs_type != "lowdim":
+            raise ValueError(f"DiffusionPolicy: obs_noise_std applies to low-dim observations only, "
+                             f"got obs_noise_std={obs_noise_std} with obs_type={self.config.obs_type!r}")
         obs = batch["obs"] if isinstance(batch["obs"], dict) else {"obs": batch["obs"]}
-        cond = self.global_condition(obs)
+        nobs = self._normalize_obs(obs)
+        if obs_noise_std > 0:
+            x = nobs["obs"]
+            nobs = {"obs": x + obs_noise_std * torch.randn(x.shape, generator=generator, device=x.device)}
+        cond = self._encode(nobs)
         x0 = self.normalizer.normalize("action", action.float())
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         k = torch.randint(0, self.config.num_train_timesteps, (x0.shape[0],), generator=generator,
@@ -189,10 +218,11 @@ class DiffusionPolicy(nn.Module):
         abar = self.alpha_bar[k].reshape(-1, 1, 1)
         noisy = abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
         self._use_path(x0.shape[0], training=torch.is_grad_enabled())
-        return F.mse_loss(self.unet(noisy, k, cond), noise)
+        loss = F.mse_loss if self.config.loss == "mse" else F.l1_loss
+        return loss(self.unet(noisy, k, cond), noise)
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.compute_loss(batch)
+    def forward(self, batch: dict, obs_noise_std: float = 0.0) -> torch.Tensor:
+        return self.compute_loss(batch, obs_noise_std=obs_noise_std)
 
     # --------------------------------------------------------------- inference
     @torch.inference_mode()

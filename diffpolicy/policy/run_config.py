@@ -65,6 +65,8 @@ class TrainingConfig:
     checkpoint_every: int = 500
     keep_best: int = 3
     num_threads: int | None = None
+    obs_noise_std: float = 0.0          # Gaussian noise on normalised low-dim observations (0: off)
+    obs_noise_decay_frac: float = 1.0   # its std decays linearly to 0 at this fraction of the steps
 
 
 @dataclass
@@ -127,6 +129,13 @@ def check_train_config(cfg: Mapping[str, Any]) -> TrainConfig:
         raise ConfigError(f"training.lr must be > 0, got {t.lr}")
     if t.eval_every and t.eval_episodes < 1:
         raise ConfigError(f"training.eval_episodes must be >= 1 when eval_every > 0, got {t.eval_episodes}")
+    if not t.obs_noise_std >= 0:
+        raise ConfigError(f"training.obs_noise_std must be >= 0, got {t.obs_noise_std}")
+    if not 0 < t.obs_noise_decay_frac <= 1:
+        raise ConfigError(f"training.obs_noise_decay_frac must be in (0, 1], got {t.obs_noise_decay_frac}")
+    if t.obs_noise_std > 0 and task.obs_type == "image":
+        raise ConfigError(f"training.obs_noise_std={t.obs_noise_std} applies to low-dimensional "
+                          f"observations only; task {task.name!r} observes images (set it to 0)")
     policy_config(run)  # value checks of the policy section
     return run
 

@@ -113,6 +113,14 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
     return factor
 
 
+def obs_noise_at(step: int, std: float, decay_frac: float, total_steps: int) -> float:
+    """Observation-noise std at (0-based) ``step``: ``std`` decaying linearly to 0 at
+    ``decay_frac * total_steps`` and 0 after: ``std * max(0, 1 - step / (decay_frac * total_steps))``."""
+    if std == 0:
+        return 0.0
+    return std * max(0.0, 1.0 - step / (decay_frac * total_steps))
+
+
 def epoch_order(n_windows: int, seed: int, epoch: int) -> torch.Tensor:
     """Window order of one epoch, identical on every process."""
     return torch.randperm(n_windows, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -238,8 +246,9 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
                               f"to continue it or choose another run_dir=")
         resume_ckpt = load_checkpoint(ckpts.latest, task=run.task.name)
         # fast_unet picks kernels, not a model: a run may resume with another setting
-        diff = sorted(k for k, v in pcfg.to_dict().items()
-                      if k != "fast_unet" and resume_ckpt["policy_config"].get(k) != v)
+        # keys added since the checkpoint was written (e.g. loss) take their defaults
+        saved = PolicyConfig(**resume_ckpt["policy_config"]).to_dict()
+        diff = sorted(k for k, v in pcfg.to_dict().items() if k != "fast_unet" and saved.get(k) != v)
         if diff:
             raise CheckpointError(f"{ckpts.latest} was saved with a different policy config "
                                   f"(differs in: {', '.join(diff)}); use another run_dir=")
@@ -331,7 +340,8 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
             order, order_epoch = epoch_order(n_windows, run.seed, epoch), epoch
         ids = order[pos * t_cfg.batch_size:(pos + 1) * t_cfg.batch_size][rank * per_rank:(rank + 1) * per_rank]
         batch = to_device(loader.sample_batch(ids), device)
-        loss = model(batch)
+        loss = model(batch, obs_noise_std=obs_noise_at(step, t_cfg.obs_noise_std, t_cfg.obs_noise_decay_frac,
+                                                       total_steps))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t_cfg.grad_clip:
