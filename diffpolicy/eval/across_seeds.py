@@ -36,7 +36,8 @@ class EvalRow:
     path: Path
     training_seed: int | None
     step: int
-    protocol: tuple        # (task, first seed, n_episodes, max_steps, sampler, steps, actions per call)
+    protocol: tuple        # (task, first seed, n_episodes, max_steps, sampler, steps, actions per call,
+                           #  temporal-ensemble m or None)
     metrics: dict[str, float]
 
 
@@ -69,7 +70,8 @@ def read_report(path: str | Path) -> EvalRow:
         # reports written before eval.json stored "sampling" get it rebuilt the same way
         sampling = report.get("sampling") or sampling_settings(cfg, pc)
         protocol = (report["task"], int(cfg["seed_start"]), int(cfg["n_episodes"]), int(cfg["max_steps"]),
-                    sampling["sampler"], int(sampling["num_inference_steps"]), int(sampling["n_action_steps"]))
+                    sampling["sampler"], int(sampling["num_inference_steps"]), int(sampling["n_action_steps"]),
+                    sampling.get("temporal_ensemble"))
         seed = (report["training_seed"] if "training_seed" in report
                 else _seed_from_run_config(report.get("checkpoint")))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -121,8 +123,10 @@ def across_seeds(paths: list[str | Path]) -> tuple[list[EvalRow], dict[str, tupl
 
 
 def describe(protocol: tuple) -> str:
-    task, start, n, steps, sampler, k, ta = protocol
-    return f"{task}, seeds {start}..{start + n - 1}, {steps} steps, {sampler} {k}, {ta} actions per call"
+    task, start, n, steps, sampler, k, ta, ensemble = protocol
+    calls = f"{ta} actions per call" if ensemble is None else \
+        f"temporal ensemble m={ensemble:g}, a call every {ta} steps"
+    return f"{task}, seeds {start}..{start + n - 1}, {steps} steps, {sampler} {k}, {calls}"
 
 
 def format_rows(rows: list[EvalRow], stats: dict[str, tuple[float, float]]) -> str:

@@ -28,11 +28,11 @@ def test_reads_a_real_report(keypoints_ckpt, tmp_path):
     row = read_report(tmp_path / "ev")
     saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert row.training_seed == 3 and row.step == 7
-    assert row.protocol == ("pusht_keypoints", 100000, 2, 8, "ddim", 3, 8)
+    assert row.protocol == ("pusht_keypoints", 100000, 2, 8, "ddim", 3, 8, None)
     assert row.metrics["score"] == saved["metrics"]["score"]["mean"]
     saved["sampling"]["num_inference_steps"] = 5         # the stored settings win over the rebuilt ones
     (tmp_path / "ev" / "eval.json").write_text(json.dumps(saved))
-    assert read_report(tmp_path / "ev").protocol == ("pusht_keypoints", 100000, 2, 8, "ddim", 5, 8)
+    assert read_report(tmp_path / "ev").protocol == ("pusht_keypoints", 100000, 2, 8, "ddim", 5, 8, None)
 
 
 def test_different_protocols_are_refused(tmp_path):
@@ -43,6 +43,9 @@ def test_different_protocols_are_refused(tmp_path):
     c = write_report(tmp_path / "c", 0.9, 0.6, 1, num_inference_steps=20)   # same seeds, other sampler steps
     with pytest.raises(ReportError, match="ddim 20, 8 actions per call vs .*ddim 10"):
         across_seeds([a, c])
+    d = write_report(tmp_path / "d", 0.9, 0.6, 1, temporal_ensemble=0.01)   # ensembled, replan every step
+    with pytest.raises(ReportError, match="8 actions per call vs .*temporal ensemble m=0.01, a call every 1 steps"):
+        across_seeds([d, a])
 
 
 def test_bad_paths(tmp_path):
