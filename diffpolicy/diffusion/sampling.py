@@ -127,13 +127,15 @@ class DiffusionSampler:
                  global_cond: torch.Tensor | None = None,
                  generator: torch.Generator | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-                 reference: bool = False) -> torch.Tensor:
+                 reference: bool = False, initial_noise: torch.Tensor | None = None) -> torch.Tensor:
         """Draw samples ``shape`` = ``(B, H, Da)`` (any ``(B, ...)`` works).
 
         ``model_fn(x (B, ...), t (B,) long, global_cond) -> eps (B, ...)``.
         The initial noise and every step's noise come from ``generator``
         (``torch.randn``), in the same order as the diffusers pipeline.
         ``reference=True`` runs ``scheduler.step`` (slower; same result).
+        ``initial_noise`` (``shape``) replaces the first draw: with DDIM (eta 0)
+        the sample is then a deterministic function of the condition.
         """
         if global_cond is not None and global_cond.shape[0] != shape[0]:
             raise ValueError(f"DiffusionSampler: global_cond batch {global_cond.shape[0]} does not "
@@ -141,7 +143,13 @@ class DiffusionSampler:
         if device is None:
             device = global_cond.device if global_cond is not None else torch.device("cpu")
         device = torch.device(device)
-        x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        if initial_noise is not None:
+            if tuple(initial_noise.shape) != tuple(shape):
+                raise ValueError(f"DiffusionSampler: initial_noise has shape {tuple(initial_noise.shape)}, "
+                                 f"expected {tuple(shape)}")
+            x = initial_noise.to(device=device, dtype=dtype).clone()
+        else:
+            x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         ts = self._timestep_tensors(shape[0], device)
         if reference:
             return self._reference_loop(model_fn, x, ts, global_cond, generator)

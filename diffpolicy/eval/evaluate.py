@@ -33,7 +33,7 @@ from diffpolicy.policy.run_config import ConfigError, to_plain_config
 EVAL_KEYS = {"checkpoint", "task", "n_episodes", "seed_start", "max_steps", "n_envs", "use_ema",
              "sampler", "num_inference_steps", "n_action_steps", "sampling_seed", "device", "output_dir",
              "n_videos", "video_format", "video_size", "latency_calls", "num_threads",
-             "temporal_ensemble", "replan_every", "hydra"}
+             "temporal_ensemble", "replan_every", "fixed_noise", "hydra"}
 
 
 def load_policy(path: str | Path, use_ema: bool = True, task: str | None = None,
@@ -103,6 +103,8 @@ def evaluate(cfg: Any) -> dict:
         raise ConfigError(f"video_format must be mp4 or gif, got {c['video_format']!r}")
     if c["n_episodes"] < 1:
         raise ConfigError(f"n_episodes must be >= 1, got {c['n_episodes']}")
+    if not isinstance(c.get("fixed_noise", False), bool):
+        raise ConfigError(f"fixed_noise must be true or false, got {c['fixed_noise']!r}")
     if c.get("num_threads"):
         torch.set_num_threads(int(c["num_threads"]))
     device = resolve_device(c["device"])
@@ -139,7 +141,8 @@ def evaluate(cfg: Any) -> dict:
                           keep_final_frames=True, video_size=c.get("video_size", 256),
                           sampler=c.get("sampler"),
                           num_inference_steps=c.get("num_inference_steps"),
-                          temporal_ensemble=coef, replan_every=c.get("replan_every"))
+                          temporal_ensemble=coef, replan_every=c.get("replan_every"),
+                          fixed_noise=bool(c.get("fixed_noise", False)))
     rollout_s = time.perf_counter() - t0
     summary = summarize(result.episodes)
     latency = {"batch 1" if coef is None else "batch 1 per env step (ensembling)": latency_b1,
@@ -147,6 +150,8 @@ def evaluate(cfg: Any) -> dict:
     sampling = sampling_settings(c, ckpt["policy_config"])
     execution = (f"{sampling['n_action_steps']} actions per call" if coef is None else
                  f"temporal ensemble m={coef:g}, a call every {replan} steps")
+    if sampling.get("fixed_noise"):
+        execution += ", fixed noise per episode"
     title = (f"{ckpt['task']} | step {ckpt['step']} | {'EMA' if c['use_ema'] else 'raw'} weights | "
              f"{sampling['sampler']} {sampling['num_inference_steps']} steps | "
              f"{execution} | seeds {seeds[0]}..{seeds[-1]}")

@@ -70,6 +70,7 @@ def sampling_settings(eval_config: dict, policy_config: dict) -> dict[str, Any]:
     With temporal ensembling (``temporal_ensemble`` set) the settings also hold
     ``temporal_ensemble`` (m) and ``replan_every`` (default 1), and
     ``n_action_steps`` is ``replan_every``: the env steps per policy call.
+    ``fixed_noise`` appears (True) only when the evaluation set it.
     """
     settings = {key: eval_config.get(key) or policy_config[key]
                 for key in ("sampler", "num_inference_steps", "n_action_steps")}
@@ -77,6 +78,8 @@ def sampling_settings(eval_config: dict, policy_config: dict) -> dict[str, Any]:
         replan = eval_config.get("replan_every") or 1
         settings.update(n_action_steps=replan, temporal_ensemble=float(eval_config["temporal_ensemble"]),
                         replan_every=replan)
+    if eval_config.get("fixed_noise"):
+        settings["fixed_noise"] = True
     return settings
 
 

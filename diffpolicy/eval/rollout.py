@@ -91,7 +91,7 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
                  video_size: int = 256, keep_final_frames: bool = False,
                  sampler: str | None = None, num_inference_steps: int | None = None,
                  progress: bool = True, temporal_ensemble: float | None = None,
-                 replan_every: int | None = None) -> RolloutResult:
+                 replan_every: int | None = None, fixed_noise: bool = False) -> RolloutResult:
     """Run one episode per seed; ``n_envs`` episodes at a time (default: all).
 
     ``record_seeds`` episodes keep every rendered frame (``video_size`` pixels);
@@ -99,6 +99,9 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
     ``temporal_ensemble`` (m >= 0, None = off) ensembles the whole predicted
     sequences of calls made every ``replan_every`` steps (default 1) instead of
     executing ``n_action_steps`` actions per call.
+    ``fixed_noise``: each episode draws the sampler's initial noise ``(H, Da)``
+    once at reset and starts every call from it (with DDIM the policy is then a
+    deterministic function of the observations within an episode).
     """
     policy.eval()
     to = policy.config.n_obs_steps
@@ -127,13 +130,18 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
             if s in record_seeds:
                 result.frames[s] = [env.render()]
         ensemblers = None if coef is None else [ActionEnsembler(to, coef) for _ in chunk]
+        cfg = policy.config
+        episode_noise = (torch.randn(len(chunk), cfg.horizon, cfg.action_dim, generator=gen, device=device)
+                         if fixed_noise else None)
         active = list(range(len(chunk)))
         while active:
             batch = obs_to_policy(obs_type, [history[i][-to:] for i in active])
             batch = {k: v.to(device) for k, v in batch.items()}
             t0 = time.perf_counter()
             predict = policy.predict_action if ensemblers is None else policy.predict_action_sequence
-            actions = predict(batch, generator=gen, sampler=sampler, num_inference_steps=num_inference_steps)
+            noise = None if episode_noise is None else episode_noise[active]
+            actions = predict(batch, generator=gen, sampler=sampler, num_inference_steps=num_inference_steps,
+                              initial_noise=noise)
             actions = actions.cpu().numpy()     # (N, Ta, Da), or (N, H, Da) when ensembling
             if torch.cuda.is_available() and torch.device(device).type == "cuda":
                 torch.cuda.synchronize()

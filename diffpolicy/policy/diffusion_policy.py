@@ -227,9 +227,12 @@ class DiffusionPolicy(nn.Module):
     # --------------------------------------------------------------- inference
     @torch.inference_mode()
     def sample_actions(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
-                       sampler: str | None = None, num_inference_steps: int | None = None
-                       ) -> torch.Tensor:
-        """The whole denoised sequence in world units: ``(B, H, Da)``."""
+                       sampler: str | None = None, num_inference_steps: int | None = None,
+                       initial_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The whole denoised sequence in world units: ``(B, H, Da)``.
+
+        ``initial_noise`` ``(B, H, Da)``: the sampler's starting noise instead of a fresh draw.
+        """
         from diffpolicy.diffusion.sampling import sample  # noqa: PLC0415 (core module)
 
         cfg = self.config
@@ -238,13 +241,14 @@ class DiffusionPolicy(nn.Module):
         self._use_path(shape[0], training=False)
         x = sample(self.unet, self.schedule, shape, cond, method=sampler or cfg.sampler,
                    num_inference_steps=num_inference_steps or cfg.num_inference_steps,
-                   clip_sample=cfg.clip_sample, generator=generator)
+                   clip_sample=cfg.clip_sample, generator=generator, initial_noise=initial_noise)
         return self.normalizer.unnormalize("action", x)
 
     @torch.inference_mode()
     def predict_action_sequence(self, obs: dict[str, torch.Tensor] | torch.Tensor,
                                 generator: torch.Generator | None = None, sampler: str | None = None,
-                                num_inference_steps: int | None = None) -> torch.Tensor:
+                                num_inference_steps: int | None = None,
+                                initial_noise: torch.Tensor | None = None) -> torch.Tensor:
         """Observation history (last ``To`` steps, world units) -> the whole sequence ``(B, H, Da)``.
 
         Index ``To - 1`` is the action for the step of the last observation,
@@ -252,13 +256,14 @@ class DiffusionPolicy(nn.Module):
         """
         if isinstance(obs, torch.Tensor):
             obs = {"obs": obs}
-        return self.sample_actions(obs, generator, sampler, num_inference_steps)
+        return self.sample_actions(obs, generator, sampler, num_inference_steps, initial_noise)
 
     @torch.inference_mode()
     def predict_action(self, obs: dict[str, torch.Tensor] | torch.Tensor,
                        generator: torch.Generator | None = None, sampler: str | None = None,
-                       num_inference_steps: int | None = None) -> torch.Tensor:
+                       num_inference_steps: int | None = None,
+                       initial_noise: torch.Tensor | None = None) -> torch.Tensor:
         """Observation history (last ``To`` steps, world units) -> ``(B, Ta, Da)`` actions to execute."""
-        seq = self.predict_action_sequence(obs, generator, sampler, num_inference_steps)
+        seq = self.predict_action_sequence(obs, generator, sampler, num_inference_steps, initial_noise)
         start = self.config.n_obs_steps - 1
         return seq[:, start:start + self.config.n_action_steps]
