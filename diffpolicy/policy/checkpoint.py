@@ -19,6 +19,7 @@ import os
 import random
 import re
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -32,14 +33,15 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not fit what is asked of it."""
 
 
-def atomic_save(obj: object, path: str | Path) -> Path:
-    """``torch.save(obj)`` to ``path`` via a temporary file and an atomic rename."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, flush it to disk, then rename
+    it over ``path``: a crash leaves the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -47,6 +49,11 @@ def atomic_save(obj: object, path: str | Path) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def atomic_save(obj: object, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` via a temporary file and an atomic rename."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | Path, task: str | None = None) -> dict:
