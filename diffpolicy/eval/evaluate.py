@@ -28,6 +28,7 @@ from diffpolicy.eval.rollout import obs_to_policy, make_env, run_rollouts
 from diffpolicy.eval.video import frame_grid, write_video
 from diffpolicy.policy.checkpoint import CheckpointError, load_checkpoint
 from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+from diffpolicy.policy.pretrained import is_pretrained_path, load_pretrained
 from diffpolicy.policy.run_config import ConfigError, to_plain_config
 
 EVAL_KEYS = {"checkpoint", "task", "n_episodes", "seed_start", "max_steps", "n_envs", "use_ema",
@@ -38,7 +39,20 @@ EVAL_KEYS = {"checkpoint", "task", "n_episodes", "seed_start", "max_steps", "n_e
 
 def load_policy(path: str | Path, use_ema: bool = True, task: str | None = None,
                 device: str | torch.device = "cpu") -> tuple[DiffusionPolicy, dict]:
-    """Rebuild the policy stored in a checkpoint; returns ``(policy in eval mode, checkpoint)``."""
+    """Rebuild the policy stored in a checkpoint; returns ``(policy in eval mode, checkpoint)``.
+
+    ``path`` may also be a pretrained folder (``policy/pretrained.py``; or its config.json /
+    model.safetensors): it holds one set of weights, which ``use_ema`` must name.
+    """
+    if is_pretrained_path(path):
+        policy, info = load_pretrained(path, task=task, device=device)
+        if info["ema_weights"] != use_ema:
+            held, asked = ("EMA", "raw") if info["ema_weights"] else ("raw", "EMA")
+            raise ConfigError(f"pretrained folder {info['path']} holds its {held} weights only (a pretrained "
+                              f"folder holds one set), but use_ema={str(use_ema).lower()} asks for the "
+                              f"{asked} ones: set use_ema={str(not use_ema).lower()}, or export the "
+                              f"{asked} weights (diffpolicy-export{'' if use_ema else ' --raw'})")
+        return policy, info
     ckpt = load_checkpoint(path, task=task)
     policy = DiffusionPolicy(PolicyConfig(**ckpt["policy_config"]))
     state = ckpt["ema"]["averaged"] if use_ema else ckpt["model"]
@@ -125,7 +139,9 @@ def evaluate(cfg: Any) -> dict:
                           f"{c['temporal_ensemble']}: every step executes an ensembled action and "
                           f"replan_every sets the steps between policy calls")
     obs_type = task_obs_type(ckpt)
+    folder = Path(ckpt["path"]) if "path" in ckpt else None  # a pretrained folder: report beside it
     out = Path(c["output_dir"]) if c.get("output_dir") else (
+        folder.parent / f"eval_{folder.name}_{c['n_episodes']}" if folder else
         ckpt_path.parent.parent / f"eval_{ckpt_path.stem}_{c['n_episodes']}")
     out.mkdir(parents=True, exist_ok=True)
 
