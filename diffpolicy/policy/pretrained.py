@@ -77,7 +77,8 @@ def export_pretrained(checkpoint_path: str | Path, out_dir: str | Path, use_ema:
                    if k != "dataset_path"}  # a path on the training machine
     config = {"format": FORMAT, "format_version": FORMAT_VERSION,
               "name": name or out.resolve().name, "task": ckpt["task"], "task_config": task_config,
-              "policy_config": policy.config.to_dict(), "step": int(ckpt["step"]),
+              # the kernel path is chosen on the machine that loads it, not the one that trained
+              "policy_config": {**policy.config.to_dict(), "fast_unet": "auto"}, "step": int(ckpt["step"]),
               "training_seed": ckpt["config"].get("seed"), "source_checkpoint": where.name,
               "ema_weights": bool(use_ema), "model_sha256": hashlib.sha256(blob).hexdigest()}
     # weights first: a crash in between leaves no config.json (or an old one whose hash fails)

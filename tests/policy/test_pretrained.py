@@ -209,3 +209,8 @@ def test_cli_refuses_a_missing_checkpoint_in_one_line(tmp_path, cmd):
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("error: checkpoint not found") and bad.stderr.count("\n") == 1
     assert not (tmp_path / "out2").exists()
+
+
+def test_export_leaves_the_kernel_choice_to_the_loading_machine(ckpt, folder):
+    assert load_checkpoint(ckpt)["policy_config"]["fast_unet"] is not None
+    assert json.loads((folder / "config.json").read_text())["policy_config"]["fast_unet"] == "auto"
