@@ -30,6 +30,7 @@ from diffpolicy.policy.checkpoint import CheckpointError, load_checkpoint
 from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from diffpolicy.policy.pretrained import is_pretrained_path, load_pretrained
 from diffpolicy.policy.run_config import ConfigError, to_plain_config
+from diffpolicy.speed import machine_info
 
 EVAL_KEYS = {"checkpoint", "task", "n_episodes", "seed_start", "max_steps", "n_envs", "use_ema",
              "sampler", "num_inference_steps", "n_action_steps", "sampling_seed", "device", "output_dir",
@@ -183,7 +184,8 @@ def evaluate(cfg: Any) -> dict:
     report = {"config": c, "checkpoint": str(ckpt_path), "task": ckpt["task"], "step": ckpt["step"],
               "training_seed": ckpt["config"].get("seed"),
               "policy_config": ckpt["policy_config"], "sampling": sampling, "metrics": summary, "latency": latency,
-              "rollout_seconds": rollout_s, "episodes": [asdict(e) for e in result.episodes]}
+              "rollout_seconds": rollout_s, "machine": machine_info(device),
+              "episodes": [asdict(e) for e in result.episodes]}
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     (out / "eval.md").write_text(table + "\n")
     return report

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from diffpolicy.eval.evaluate import evaluate
 from diffpolicy.policy.checkpoint import CheckpointError
@@ -33,6 +34,7 @@ def test_report_files_and_fields(keypoints_ckpt, tmp_path, capsys):
     assert all(e["steps"] == 16 for e in saved["episodes"])
     assert set(saved["latency"]["batch 1"]) >= {"median_ms", "p95_ms"}
     assert saved["latency"]["batch 1"]["n"] == 3
+    assert saved["machine"]["cpu_model"] and saved["machine"]["torch"] == torch.__version__
     assert sorted(p.name for p in (out / "videos").iterdir()) == ["seed100000.gif", "seed100001.gif"]
     assert (out / "final_frames.png").stat().st_size > 1000
     printed = capsys.readouterr().out
