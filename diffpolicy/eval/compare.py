@@ -1,0 +1,70 @@
+"""Side-by-side table of evaluation reports that differ in what was evaluated, not where.
+
+Each ``eval.json`` is one row: the checkpoint (its training seed and step),
+how it was sampled (sampler and steps, actions per call or temporal
+ensembling, fixed noise) and its metrics with 95 % confidence intervals. The
+rows must share the episode protocol (task, episode seeds, episode length), so
+an ablation compares like with like; reports of other seed sets are refused::
+
+    python -m diffpolicy.eval.compare runs/long_seed0/sel_*      # inference options
+    python -m diffpolicy.eval.compare runs/*/sel_base            # training options
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from diffpolicy.eval.across_seeds import ReportError, _report_file, read_report
+
+
+def _episodes_protocol(protocol: tuple) -> tuple:
+    task, start, n, steps = protocol[:4]
+    return task, start, n, steps
+
+
+def _execution(protocol: tuple) -> str:
+    sampler, steps, ta, ensemble, fixed_noise = protocol[4:]
+    text = f"{ta} per call" if ensemble is None else f"ensemble m={ensemble:g}, call every {ta}"
+    return f"{sampler} {steps} | " + text + (", fixed noise" if fixed_noise else "")
+
+
+def compare(paths: list[str | Path]) -> str:
+    """The Markdown table of the reports (in the given order); raises :class:`ReportError`."""
+    rows = [read_report(p) for p in paths]
+    first = rows[0]
+    for row in rows[1:]:
+        if _episodes_protocol(row.protocol) != _episodes_protocol(first.protocol):
+            raise ReportError(f"{row.path} ran other episodes than {first.path}: "
+                              f"{_episodes_protocol(row.protocol)} vs {_episodes_protocol(first.protocol)} "
+                              "(task, first seed, episodes, steps)")
+    task, start, n, steps = _episodes_protocol(first.protocol)
+    lines = [f"### {task}, seeds {start}..{start + n - 1}, {steps} steps", "",
+             "| report | training seed | step | sampler | execution | score [95 % CI] | success [95 % CI] |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        m = json.loads(_report_file(Path(row.path)).read_text())["metrics"]
+        cells = [f"{m[k]['mean']:.3f} [{m[k]['ci_low']:.3f}, {m[k]['ci_high']:.3f}]"
+                 for k in ("score", "success_rate")]
+        lines.append(f"| {row.path.parent.name} | "
+                     f"{'?' if row.training_seed is None else row.training_seed} | {row.step} | "
+                     f"{_execution(row.protocol)} | "
+                     f"{cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("reports", nargs="+", help="eval.json files or the folders holding them")
+    args = parser.parse_args(argv)
+    try:
+        print(compare(args.reports))
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
