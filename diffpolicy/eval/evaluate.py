@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffpolicy.device import resolve_device
 from diffpolicy.eval.ensemble import ActionEnsembler, check_ensemble_options
 from diffpolicy.eval.metrics import format_table, latency_stats, sampling_settings, summarize
 from diffpolicy.eval.rollout import obs_to_policy, make_env, run_rollouts
@@ -105,7 +106,6 @@ def measure_latency(policy: DiffusionPolicy, obs_type: str, calls: int, device: 
 
 def evaluate(cfg: Any) -> dict:
     """Run the evaluation described by ``cfg`` (see ``diffpolicy/configs/eval.yaml``); returns the report."""
-    from diffpolicy.policy.train import resolve_device  # noqa: PLC0415
 
     c = to_plain_config(cfg)
     unknown = sorted(set(c) - EVAL_KEYS)

@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from diffpolicy.datasets import DatasetError, fit_normalizer, load_pusht, pusht_loader
 from diffpolicy.datasets.pusht import PushTData
+from diffpolicy.device import resolve_device
 from diffpolicy.eval_mode import eval_mode
 from diffpolicy.policy.checkpoint import (FORMAT, CheckpointDir, CheckpointError, load_checkpoint,
                                           rng_state, set_rng_state)
@@ -71,16 +72,6 @@ def _distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment (1 process: 0, 1, 0)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} asked for, but CUDA is not available")
-    return torch.device(name)
 
 
 def load_task_data(run: TrainConfig) -> PushTData:
