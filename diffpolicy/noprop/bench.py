@@ -81,6 +81,7 @@ def row_train_config(row: dict, train: dict, seed: int) -> TrainConfig:
 
 def run_row(row: dict, seed: int, cfg: dict, out_dir: Path) -> dict:
     """Train and test one (row, seed) in this process; returns the result record."""
+    t_row = time.time()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     d = cfg["data"]
@@ -108,7 +109,8 @@ def run_row(row: dict, seed: int, cfg: dict, out_dir: Path) -> dict:
                peak_gpu_mb=(torch.cuda.max_memory_allocated() / 2**20
                             if tcfg.device.startswith("cuda") else None),
                threads=torch.get_num_threads(), machine=speed.machine_info(tcfg.device),
-               block_schedule=tcfg.block_schedule if row["kind"] == "dt" else None)
+               block_schedule=tcfg.block_schedule if row["kind"] == "dt" else None,
+               wall_seconds=time.time() - t_row)   # data, probe, training, evaluation of this row
     return res
 
 
@@ -218,7 +220,12 @@ def write_outputs(results: list[dict], cfg: dict, out_dir: Path) -> None:
     lines = summarise(results)
     md = markdown_table(lines, cfg) if lines else "No rows finished.\n"
     (out_dir / "results.md").write_text(md)
-    (out_dir / "results.json").write_text(json.dumps({"rows": lines, "runs": results}, indent=1))
+    wall = sum(r.get("wall_seconds", 0.0) for r in results)
+    (out_dir / "results.json").write_text(json.dumps(
+        {"rows": lines, "runs": results, "table_wall_seconds": wall,
+         "machine": speed.machine_info(cfg["train"].get("device", "cpu"))}, indent=1))
+    print(f"table: {wall / 60:.1f} min of row wall time (each row's data, probe, training and tests)",
+          flush=True)
     if lines:
         plot_curves(lines, out_dir / "noprop_curves.png")
     print(md, flush=True)

@@ -45,8 +45,12 @@ def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, caps
             "data.val_size=256", "data.test_subset=256", "train.max_steps_per_epoch=2", "train.batch_size=32",
             f"data.root={fmnist_root}"]
     assert main(args) == 0
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    saved = json.loads((out / "results.json").read_text())
+    rows = saved["rows"]
     assert [r["row"] for r in rows] == ["noprop-dt", "backprop-resnet18"]      # config order
+    assert saved["table_wall_seconds"] == pytest.approx(sum(r["wall_seconds"] for r in saved["runs"]))
+    assert saved["table_wall_seconds"] > 0 and saved["machine"]["cpu_model"]
+    assert {r["precision"] for r in saved["runs"]} <= {"fp32", "bf16"}         # auto was resolved
     dt = rows[0]
     assert set(dt["test_acc"]) == {"deterministic", "stochastic"} and dt["seconds_per_epoch"][0] > 0
     md = (out / "results.md").read_text()
