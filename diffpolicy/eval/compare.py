@@ -2,7 +2,9 @@
 
 Each ``eval.json`` is one row: the checkpoint (its training seed and step),
 how it was sampled (sampler and steps, actions per call or temporal
-ensembling, fixed noise) and its metrics with 95 % confidence intervals. The
+ensembling, fixed noise) and its metrics with 95 % confidence intervals, plus
+the success difference to the first row, paired episode by episode (same
+seeds: a tighter interval than comparing the two marginal ones). The
 rows must share the episode protocol (task, episode seeds, episode length), so
 an ablation compares like with like; reports of other seed sets are refused::
 
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 from diffpolicy.eval.across_seeds import ReportError, _report_file, read_report
+from diffpolicy.eval.metrics import mean_ci
 
 
 def _episodes_protocol(protocol: tuple) -> tuple:
@@ -30,6 +33,11 @@ def _execution(protocol: tuple) -> str:
     return f"{sampler} {steps} | " + text + (", fixed noise" if fixed_noise else "")
 
 
+def _success_by_seed(report: dict) -> dict[int, float]:
+    """Episode seed -> 1.0 / 0.0 (the per-episode records of ``eval.json``)."""
+    return {int(e["seed"]): float(bool(e["success"])) for e in report.get("episodes", [])}
+
+
 def compare(paths: list[str | Path]) -> str:
     """The Markdown table of the reports (in the given order); raises :class:`ReportError`."""
     rows = [read_report(p) for p in paths]
@@ -41,16 +49,27 @@ def compare(paths: list[str | Path]) -> str:
                               "(task, first seed, episodes, steps)")
     task, start, n, steps = _episodes_protocol(first.protocol)
     lines = [f"### {task}, seeds {start}..{start + n - 1}, {steps} steps", "",
-             "| report | training seed | step | sampler | execution | score [95 % CI] | success [95 % CI] |",
-             "|---|---|---|---|---|---|---|"]
+             "| report | training seed | step | sampler | execution | score [95 % CI] | success [95 % CI] "
+             "| success - first row, paired [95 % CI] |",
+             "|---|---|---|---|---|---|---|---|"]
+    base = None
     for row in rows:
-        m = json.loads(_report_file(Path(row.path)).read_text())["metrics"]
+        report = json.loads(_report_file(Path(row.path)).read_text())
+        m = report["metrics"]
         cells = [f"{m[k]['mean']:.3f} [{m[k]['ci_low']:.3f}, {m[k]['ci_high']:.3f}]"
                  for k in ("score", "success_rate")]
+        success = _success_by_seed(report)
+        if base is None:
+            base, diff = success, "-"
+        else:
+            d = mean_ci([success[k] - base[k] for k in base], lo=-1.0, hi=1.0) \
+                if success.keys() == base.keys() else None
+            diff = "n/a" if d is None else f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+        cells.append(diff)
         lines.append(f"| {row.path.parent.name} | "
                      f"{'?' if row.training_seed is None else row.training_seed} | {row.step} | "
                      f"{_execution(row.protocol)} | "
-                     f"{cells[0]} | {cells[1]} |")
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -34,7 +34,7 @@ def make_checkpoint(path: Path, task: str = "pusht_keypoints", obs_type: str = "
 
 def write_report(folder: Path, score: float, success: float, seed: int | None, n_episodes: int = 50,
                  num_inference_steps: int | None = None, step: int = 16000, seed_start: int = 100000,
-                 temporal_ensemble: float | None = None) -> Path:
+                 temporal_ensemble: float | None = None, successes: list[bool] | None = None) -> Path:
     """A minimal eval.json as diffpolicy-eval writes it (only the fields the summaries read)."""
     folder.mkdir(parents=True)
     metric = lambda v: {"mean": v, "ci_low": v, "ci_high": v, "n": n_episodes}  # noqa: E731
@@ -48,5 +48,7 @@ def write_report(folder: Path, score: float, success: float, seed: int | None, n
         report["training_seed"] = seed
     if temporal_ensemble is not None:
         report["config"].update(temporal_ensemble=temporal_ensemble, replan_every=1)
+    if successes is not None:
+        report["episodes"] = [{"seed": seed_start + i, "success": bool(ok)} for i, ok in enumerate(successes)]
     (folder / "eval.json").write_text(json.dumps(report))
     return folder
