@@ -370,7 +370,10 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
             row.setdefault("step", step)
             row["val_loss"] = f"{validation_loss(ema.averaged, val_loader, device):.6f}"
         score = None
-        if t_cfg.eval_every and (step % t_cfg.eval_every == 0 or step == total_steps):
+        # decided alike on every rank: only rank 0 evaluates, but all ranks then checkpoint
+        # together (checkpoint() gathers every rank's RNG state)
+        evaluated = bool(t_cfg.eval_every and (step % t_cfg.eval_every == 0 or step == total_steps))
+        if evaluated:
             if rank == 0:
                 score = _in_training_eval(ema.averaged, run, device)
                 row.setdefault("step", step)
@@ -382,7 +385,7 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
             row.setdefault("minutes", f"{minutes_before + (time.perf_counter() - t_start) / 60:.3f}")
             log.write(row)
         last = step == total_steps or stop
-        if step % t_cfg.checkpoint_every == 0 or last or score is not None:
+        if step % t_cfg.checkpoint_every == 0 or last or evaluated:
             minutes = minutes_before + (time.perf_counter() - t_start) / 60
             ckpt = checkpoint({"loss": last_loss, "minutes": minutes,
                                **({"eval_score": score[0], "eval_success": score[1]} if score else {})})
