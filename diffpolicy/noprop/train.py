@@ -30,6 +30,7 @@ from diffpolicy.datasets.fashion_mnist import FMNISTSplits, iterate_batches
 from diffpolicy.noprop import execution
 from diffpolicy.noprop.blocks import StackedPaperBlocks
 from diffpolicy.noprop.dt import NoPropDT
+from diffpolicy.serialization import safe_load
 
 BLOCK_SCHEDULES = ("all", "sweep", "random")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -277,7 +278,7 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
     opt = Optimizers(model, cfg)
     history, best, best_state, start = [], -1.0, None, 0
     if checkpoint is not None and Path(checkpoint).exists():
-        ck = torch.load(checkpoint, weights_only=False, map_location="cpu")
+        ck = safe_load(checkpoint, "NoProp checkpoint")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         history, best, best_state, start = ck["history"], ck["best"], ck["best_state"], ck["epoch"]
@@ -365,7 +366,8 @@ def _parallel_worker(rank: int, world_size: int, init_method: str, model_kwargs:
                                 desc=f"worker {rank} epoch {epoch + 1}", shared_weight=1 / world_size,
                                 sync=_allreduce_shared, epoch=epoch)
             history.append(stats)
-        torch.save({"model": part, "history": history}, Path(out_dir) / f"part{rank}.pt")
+        torch.save({"state": part.state_dict(), "block_ids": part.block_ids, "history": history},
+                   Path(out_dir) / f"part{rank}.pt")
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -397,5 +399,12 @@ def fit_dt_parallel(model_kwargs: dict, data: FMNISTSplits, cfg: TrainConfig, wo
         rdzv.unlink()
     mp.spawn(_parallel_worker, args=(world_size, f"file://{rdzv}", model_kwargs, data, cfg,
                                      str(workdir), threads_per_worker), nprocs=world_size, join=True)
-    parts = [torch.load(workdir / f"part{r}.pt", weights_only=False) for r in range(world_size)]
-    return NoPropDT.merge([p["model"] for p in parts]), [p["history"] for p in parts]
+    saved = [safe_load(workdir / f"part{r}.pt", "worker result") for r in range(world_size)]
+    full = NoPropDT(**model_kwargs)
+    parts = []
+    for p in saved:
+        part = full.subset(p["block_ids"])
+        part.blocks.set_layout(cfg.layout)
+        part.load_state_dict(p["state"])
+        parts.append(part)
+    return NoPropDT.merge(parts), [p["history"] for p in saved]

@@ -24,13 +24,13 @@ from typing import BinaryIO, Callable
 import numpy as np
 import torch
 
+from diffpolicy.serialization import CheckpointError, safe_load  # noqa: F401 (re-exported)
+
 FORMAT = "diffpolicy-checkpoint-v1"
 LATEST = "latest.pt"
 _BEST_RE = re.compile(r"^best_step(\d+)_score(-?[0-9.]+)\.pt$")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or does not fit what is asked of it."""
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -61,10 +61,7 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 (torch raises many types for bad files)
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a diffpolicy checkpoint "
@@ -77,7 +74,9 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> dict:
 
 def rng_state() -> dict:
     """Python, NumPy and torch (CPU and CUDA) generator states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -87,7 +86,9 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` returned."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]       # keys: a tensor (older files: an array)
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((name, keys.astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -54,3 +54,41 @@ def test_rng_state_round_trip():
     ck.set_rng_state(state)
     b = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+class _Payload:
+    """A pickled object whose unpickling would run code (here: write a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickled_object_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    torch.save({**_ckpt(step=1), "metrics": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match=r"evil.pt: refused: the checkpoint holds a pickled Python object "
+                                              r"\(\w+\.open\)"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_new_checkpoints_hold_tensors_and_plain_data_only(tmp_path):
+    import numpy as np
+    path = atomic_save({**_ckpt(step=3), "rng": [ck.rng_state()]}, tmp_path / "latest.pt")
+    plain = torch.load(path, weights_only=True)                 # no allow-list needed
+    assert plain["step"] == 3
+    state = ck.rng_state()
+    a = np.random.rand(3)
+    ck.set_rng_state(plain["rng"][0] | {"numpy": state["numpy"]})
+    assert np.array_equal(np.random.rand(3), a)
+
+
+def test_no_unsafe_load_in_the_package():
+    from pathlib import Path
+    root = Path(ck.__file__).resolve().parents[1]
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if "weights_only=False" in p.read_text()]
+    assert offenders == []

@@ -1,0 +1,49 @@
+"""Loading saved files without running code: tensors, plain data and NumPy arrays only.
+
+``torch.load`` without ``weights_only`` unpickles arbitrary objects, so a shared
+checkpoint could execute code when opened.  Everything diffpolicy saves is
+tensors and plain Python data (older policy checkpoints also hold NumPy's RNG
+state as an array), and :func:`safe_load` accepts exactly that.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, unsafe, or does not fit what is asked of it."""
+
+
+def _numpy_array_globals() -> list:
+    """What unpickling a NumPy array needs (older checkpoints hold NumPy's RNG state as one):
+    array reconstruction only, no callable that runs other code."""
+    core = getattr(np, "_core", None) or np.core
+    found = [core.multiarray._reconstruct, np.ndarray, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        found += [getattr(dtypes, n) for n in ("UInt32DType", "Float64DType", "Int64DType") if hasattr(dtypes, n)]
+    return found
+
+
+def safe_load(path: str | Path, what: str = "checkpoint"):
+    """``torch.load`` with ``weights_only=True``: tensors, plain Python data and NumPy arrays
+    only.  Anything else pickled in the file is refused with :class:`CheckpointError`
+    instead of being run (a shared file must not execute code)."""
+    try:
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if detail is None:
+            raise CheckpointError(f"cannot read {what} {path}: {exc}") from None
+        raise CheckpointError(f"{path}: refused: the {what} holds a pickled Python object "
+                              f"({detail.group(1)}); "
+                              "diffpolicy loads only tensors and plain data, so a shared file "
+                              "cannot run code") from None
+    except Exception as exc:  # noqa: BLE001 (torch raises many types for bad files)
+        raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
