@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	touch $(STAMP)
 
-setup: $(STAMP) data-fmnist
+setup: $(STAMP)
 
 # Fashion-MNIST IDX files from Debian's package, when we are root and they are missing.
 data-fmnist:
@@ -36,15 +36,15 @@ demo: setup
 	$(VENV)/bin/diffpolicy-eval checkpoint=$(DEMO_DIR)/checkpoints/latest.pt output_dir=$(DEMO_DIR)/eval
 	@echo "report: $(DEMO_DIR)/eval/eval.md  videos: $(DEMO_DIR)/eval/videos  plots: $(DEMO_DIR)/training.png $(DEMO_DIR)/eval/final_frames.png"
 
-test: setup
+test: setup data-fmnist
 	$(PY) -m pytest -q
 
-test-all: setup
+test-all: setup data-fmnist
 	$(PY) -m pytest -q -m ""
 
 # Benchmarks print tables; each script in benchmarks/ is standalone.  BENCH_JSON_DIR=docs/results
 # also writes each table with the machine (see docs/speed.md).
-bench: setup
+bench: setup data-fmnist
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; \
 	  $(PY) $$b $(if $(BENCH_JSON_DIR),--json $(BENCH_JSON_DIR)/$$(basename $$b .py).json) || exit 1; done
 
@@ -54,7 +54,7 @@ gpu-check: setup data-fmnist
 	$(PY) benchmarks/gpu_check.py --json docs/results/gpu_check.json
 
 # NoProp table (docs/noprop.md) in the background; rerunning resumes where it stopped.
-bench-noprop: setup
+bench-noprop: setup data-fmnist
 	@mkdir -p runs/noprop
 	nohup $(VENV)/bin/diffpolicy-noprop $(NOPROP_ARGS) > runs/noprop/bench.log 2>&1 &
 	@echo "NoProp benchmark running in the background: tail -f runs/noprop/bench.log; table: runs/noprop/results.md"
