@@ -123,8 +123,35 @@ def _child(row: dict, seed: int, cfg: dict, out_dir: str, result_path: str) -> N
         sys.exit(1)
 
 
+TOP_KEYS = {"out_dir", "isolate", "threads", "seeds", "only", "data", "train", "rows"}
+DATA_KEYS = {"root", "val_size", "split_seed", "train_subset", "test_subset", "download"}
+ROW_KEYS = {"name", "kind", "T", "embedding", "embed_dim", "eta", "dropout", "epochs", "backbone", "stem",
+            "inference_steps", "val_inference_steps", "train"}
+
+
+def check_config(cfg: dict) -> None:
+    """Refuse unknown keys anywhere in a NoProp table config (a typo must not be ignored)."""
+    def unknown(section: dict, known: set[str], where: str) -> None:
+        extra = sorted(set(section) - known)
+        if extra:
+            raise ValueError(f"unknown NoProp config key {where}{extra[0]} "
+                             f"(known keys{' in ' + where.rstrip('.') if where else ''}: {', '.join(sorted(known))})")
+    train_keys = set(TrainConfig.__dataclass_fields__)
+    unknown(cfg, TOP_KEYS, "")
+    unknown(cfg.get("data") or {}, DATA_KEYS, "data.")
+    unknown(cfg.get("train") or {}, train_keys, "train.")
+    for i, row in enumerate(cfg.get("rows") or []):
+        where = f"rows[{i}]" + (f" ({row['name']})" if "name" in row else "")
+        unknown(row, ROW_KEYS, f"{where}.")
+        unknown(row.get("train") or {}, train_keys, f"{where}.train.")
+        for key in ("name", "kind", "epochs"):
+            if key not in row:
+                raise ValueError(f"NoProp config {where} has no {key!r}")
+
+
 def run_table(cfg: dict) -> list[dict]:
     """Run every (row, seed) not yet done, then write the table, JSON and plot."""
+    check_config(cfg)
     out_dir = Path(cfg["out_dir"])
     (out_dir / "rows").mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))

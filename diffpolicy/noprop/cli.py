@@ -10,6 +10,7 @@ Finished rows are saved as they complete; rerunning the same command resumes.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "noprop"
@@ -41,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         import json
         print(json.dumps(cfg, indent=1))
         return 0
-    from diffpolicy.noprop.bench import run_table
+    from diffpolicy.noprop.bench import check_config, run_table
+    try:
+        check_config(cfg)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     run_table(cfg)
     return 0
 

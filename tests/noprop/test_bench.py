@@ -88,3 +88,22 @@ def test_rows_run_in_their_own_process_and_report_its_memory(fmnist_root, tmp_pa
                  "train.max_steps_per_epoch=1", f"data.root={fmnist_root}"]) == 0
     run = json.loads((out / "rows" / "noprop-dt_seed0.json").read_text())
     assert run["threads"] == 1 and run["peak_rss_mb"] > 100 and run["n_train"] == 64
+
+
+def test_unknown_config_keys_are_refused(capsys):
+    from diffpolicy.noprop.bench import check_config
+    from diffpolicy.noprop.cli import load_config
+    cfg = load_config("quick")
+    check_config(cfg)                                           # the shipped configs are clean
+    check_config(load_config("bench"))
+    check_config(load_config("gpu"))
+    bad = dict(cfg, train=dict(cfg["train"], precison="bf16"))
+    with pytest.raises(ValueError, match="unknown NoProp config key train.precison"):
+        check_config(bad)
+    rows = [dict(cfg["rows"][0], epoch=3)] + cfg["rows"][1:]
+    with pytest.raises(ValueError, match=r"unknown NoProp config key rows\[0\] \(noprop-dt\)\.epoch"):
+        check_config(dict(cfg, rows=rows))
+    with pytest.raises(ValueError, match="unknown NoProp config key dta"):
+        check_config(dict(cfg, dta={}))
+    assert main(["--quick", "+train.precison=bf16"]) == 2
+    assert "error: unknown NoProp config key train.precison" in capsys.readouterr().err
