@@ -34,3 +34,20 @@ def test_value_errors_name_the_key():
         check_train_config(compose_config("train", ["task.obs_type=pixels"]))
     with pytest.raises(ConfigError, match="policy.sampler must be one of"):
         check_train_config(compose_config("train", ["policy.sampler=euler"]))
+
+
+def test_config_groups_share_a_base_and_long_brings_its_policy():
+    """cpu_wide / published_* / long / published state only what differs; nothing is lost."""
+    from policy_helpers import compose_config
+    base = compose_config("train", ["policy=cpu", "training=demo"])
+    for policy in ("cpu_wide", "published_lowdim", "published_image"):
+        cfg = compose_config("train", [f"policy={policy}", "training=demo"])
+        assert set(cfg["policy"]) == set(base["policy"]) and cfg["policy"]["name"] == policy
+    assert compose_config("train", ["policy=published_image"])["policy"]["down_dims"] == [512, 1024, 2048]
+    assert compose_config("train", ["policy=published_image"])["policy"]["sampler"] == "ddpm"
+    for training in ("long", "published"):
+        cfg = compose_config("train", [f"training={training}"])
+        assert set(cfg["training"]) == set(base["training"]) and cfg["training"]["name"] == training
+    long = compose_config("train", ["training=long"])
+    assert long["policy"]["name"] == "cpu_wide" and long["training"]["max_steps"] == 16000 and long["training"]["lr"] == 1e-3
+    assert compose_config("train", ["training=long", "policy=cpu"])["policy"]["name"] == "cpu"   # the CLI wins
