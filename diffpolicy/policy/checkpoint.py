@@ -29,8 +29,7 @@ from diffpolicy.serialization import CheckpointError, safe_load  # noqa: F401 (r
 FORMAT = "diffpolicy-checkpoint-v1"
 LATEST = "latest.pt"
 _BEST_RE = re.compile(r"^best_step(\d+)_score(-?[0-9.]+)\.pt$")
-
-
+_TEMP_RE = re.compile(r"\.tmp-\d+$")      # atomic_write's temporary files: <name>.tmp-<pid>
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -117,6 +116,19 @@ class CheckpointDir:
                 if m:
                     found.append((float(m.group(2)), int(m.group(1)), p))
         return sorted(found, key=lambda e: (e[0], e[1]), reverse=True)
+
+    def remove_temp_files(self) -> tuple[int, int]:
+        """Delete the ``<name>.tmp-<pid>`` files that writes killed mid-way left behind;
+        returns ``(files removed, bytes freed)``.  Only call it while no other process can be
+        writing here (training holds the run folder's lock, ``policy/run_lock.py``)."""
+        removed, freed = 0, 0
+        if self.folder.is_dir():
+            for p in self.folder.iterdir():
+                if _TEMP_RE.search(p.name) and p.is_file():
+                    freed += p.stat().st_size
+                    p.unlink()
+                    removed += 1
+        return removed, freed
 
     def save_latest(self, ckpt: dict) -> Path:
         return atomic_save(ckpt, self.latest)

@@ -92,3 +92,16 @@ def test_no_unsafe_load_in_the_package():
     root = Path(ck.__file__).resolve().parents[1]
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if "weights_only=False" in p.read_text()]
     assert offenders == []
+
+
+def test_leftover_temp_files_are_removed(tmp_path):
+    """What a kill during a write leaves (``<name>.tmp-<pid>``) goes; everything else stays."""
+    d = CheckpointDir(tmp_path / "checkpoints")
+    assert d.remove_temp_files() == (0, 0)                   # no folder yet: nothing to do
+    d.folder.mkdir()
+    atomic_save(_ckpt(), d.latest)
+    (d.folder / "latest.pt.tmp-4242").write_bytes(b"x" * 1000)
+    (d.folder / "best_step00000010_score0.5000.pt.tmp-77").write_bytes(b"y" * 24)
+    (d.folder / "notes.tmp").write_text("mine")
+    assert d.remove_temp_files() == (2, 1024)
+    assert sorted(p.name for p in d.folder.iterdir()) == ["latest.pt", "notes.tmp"]
