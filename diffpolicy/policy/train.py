@@ -9,10 +9,13 @@ only rank 0 writes files.
 
 What a run writes to ``run_dir``::
 
+    .lock                  pid and start time of the run holding the folder (policy/run_lock.py;
+                           a second run into the folder is refused; removed at the end)
     config.yaml            the resolved config
     metrics.csv            step, epoch, loss, lr, samples/s, val loss, eval score ...
     tb/                    TensorBoard events (only when tensorboard is installed)
-    checkpoints/latest.pt  every ``checkpoint_every`` steps and at the end
+    checkpoints/latest.pt  every ``checkpoint_every`` steps and at the end (leftover
+                           ``*.tmp-<pid>`` files of killed writes are removed at start)
     checkpoints/best_*.pt  best ``keep_best`` by in-training eval score
     training.png           loss / lr / score curves
 
@@ -22,6 +25,7 @@ the uninterrupted one step for step.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -46,6 +50,7 @@ from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from diffpolicy.policy.ema import EMA
 from diffpolicy.policy.run_config import (ConfigError, TrainConfig, check_train_config, policy_config,
                                          to_plain_config)
+from diffpolicy.policy.run_lock import RunLock
 
 CSV_FIELDS = ("step", "epoch", "loss", "lr", "samples_per_s", "val_loss", "eval_score",
               "eval_success", "minutes")
@@ -219,12 +224,20 @@ def choose_train_path(policy: DiffusionPolicy, batch: int, rank: int, world: int
 def train(cfg: Any, progress: bool = True) -> TrainResult:
     """Train a Diffusion Policy as configured; see the module docstring."""
     run = check_train_config(to_plain_config(cfg))
-    t_cfg = run.training
     rank, world, local_rank = _distributed()
-    if world > 1 and t_cfg.batch_size % world:
-        raise ConfigError(f"training.batch_size ({t_cfg.batch_size}) must be divisible by the "
+    if world > 1 and run.training.batch_size % world:
+        raise ConfigError(f"training.batch_size ({run.training.batch_size}) must be divisible by the "
                           f"number of processes ({world})")
     device = resolve_device(run.device, local_rank)
+    # One run per folder: rank 0, the one that writes, holds the lock from before it reads the
+    # folder until the run ends; a second run is refused (ConfigError).
+    with RunLock(run.run_dir) if rank == 0 else contextlib.nullcontext():
+        return _train(cfg, run, rank, world, device, progress)
+
+
+def _train(cfg: Any, run: TrainConfig, rank: int, world: int, device: torch.device,
+           progress: bool) -> TrainResult:
+    t_cfg = run.training
     run_dir = Path(run.run_dir)
     ckpts = CheckpointDir(run_dir / "checkpoints", t_cfg.keep_best)
     pcfg = policy_config(run)
@@ -298,6 +311,10 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
         resolved.pop("hydra", None)
         OmegaConf.save(OmegaConf.create(resolved), run_dir / "config.yaml")
         log = MetricsLog(run_dir, step if resume_ckpt is not None else None)
+        removed, freed = ckpts.remove_temp_files()    # safe: the lock keeps other writers out
+        if removed:
+            log.note(f"[checkpoints] removed {removed} leftover temporary checkpoint "
+                     f"file{'s' if removed > 1 else ''} (*.tmp-<pid>, {freed:,} bytes) from {ckpts.folder}")
         log.note(f"[train] {run.task.name}: {data.n_episodes} episodes, {n_windows} training windows, "
                  f"policy {sum(p.numel() for p in policy.parameters()) / 1e6:.2f} M parameters, "
                  f"{total_steps} steps ({steps_per_epoch} per epoch), {world} process(es) on {device}"

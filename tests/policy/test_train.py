@@ -118,6 +118,20 @@ def test_kill_and_resume(small_store, tmp_path):
     assert messages[2].startswith("[train] done: step 60/60")
 
 
+def test_leftover_temp_checkpoints_are_removed_at_start(small_store, tmp_path):
+    """A kill during a checkpoint write leaves ``latest.pt.tmp-<pid>``; the next run removes them
+    and says so in one line."""
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "latest.pt.tmp-4242").write_bytes(b"x" * 1000)
+    (ckpts / "latest.pt.tmp-4343").write_bytes(b"y" * 24)
+    train(compose_config("train", tiny_overrides(small_store, tmp_path / "run", steps=2)), progress=False)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest.pt"]
+    lines = [line for line in (tmp_path / "run" / "train.log").read_text().splitlines() if ".tmp-" in line]
+    assert len(lines) == 1 and lines[0].endswith(f"[checkpoints] removed 2 leftover temporary checkpoint files "
+                                                 f"(*.tmp-<pid>, 1,024 bytes) from {ckpts}")
+
+
 def _store_with(tmp_path: Path, src: Path, keypoint_shape=(9, 2)) -> Path:
     rb = ReplayBuffer.open(src, mode="r")
     path = tmp_path / "bad.zarr"
