@@ -19,7 +19,7 @@ def remove_if_unused(run_dir: str | Path) -> None:
     a command refused for bad input would otherwise leave an empty run folder behind.
     Anything with content (a checkpoint, a non-empty log, another file) keeps it all.
     """
-    path = Path(run_dir)
+    path = Path(str(run_dir))      # a config value: run_dir=5 is refused, but Hydra made "5/" already
     if not path.is_dir():
         return
     entries = list(path.iterdir())

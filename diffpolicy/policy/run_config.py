@@ -1,18 +1,24 @@
 """The run configuration: plain dataclasses, and checks that stop bad input early.
 
 Hydra composes ``diffpolicy/configs/train.yaml`` (task, policy, training
-groups); :func:`check_train_config` then rejects unknown keys and bad values
+groups); :func:`check_train_config` then rejects unknown keys, values of the
+wrong type (from the dataclass annotations: :func:`check_types`) and bad values
 with one message naming the key, before any data is read or a step is taken.
 Everything here also works without Hydra (pass a plain dict).
 """
 from __future__ import annotations
 
+import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from diffpolicy.policy.diffusion_policy import PolicyConfig
 
 TASK_OBS_TYPES = ("keypoints", "state", "image")
+DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
 
 class ConfigError(ValueError):
@@ -80,6 +86,77 @@ class TrainConfig:
     resume: bool = False
 
 
+# ---------------------------------------------------------------- types from the annotations
+_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "booleans"),
+          str: ("a string", "strings"), type(None): ("null", "nulls")}
+
+
+def _is_type(value: Any, tp: Any) -> bool:
+    """Does a plain config value (YAML scalar, list, mapping) fit the annotation ``tp``?
+
+    An integer is not a bool, a number is an int or a float (not a bool), a tuple or
+    list annotation takes a list or tuple of fitting elements (of the fixed length,
+    for ``tuple[X, Y]``).
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_type(value, a) for a in args)
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if tp in (int, float):
+        return isinstance(value, int if tp is int else (int, float)) and not isinstance(value, bool)
+    if tp in (bool, str):
+        return isinstance(value, tp)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_is_type(v, a) for v, a in zip(value, args))
+        return all(_is_type(v, args[0]) for v in value) if args else True
+    if origin is dict or tp is dict:
+        return isinstance(value, Mapping)
+    return isinstance(value, tp)
+
+
+def describe_type(tp: Any) -> str:
+    """``int | None`` -> "an integer or null", ``tuple[float, float]`` -> "a list of 2 numbers"."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        ordered = [a for a in args if a is not type(None)] + [a for a in args if a is type(None)]
+        return " or ".join(describe_type(a) for a in ordered)
+    if tp in _NAMES:
+        return _NAMES[tp][0]
+    if origin in (tuple, list):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(set(args)) == 1 and args[0] in _NAMES:
+                return f"a list of {len(args)} {_NAMES[args[0]][1]}"
+            return f"a list [{', '.join(describe_type(a) for a in args)}]"
+        return f"a list of {_NAMES[args[0]][1]}" if args and args[0] in _NAMES else "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def show_value(value: Any) -> str:
+    """A found value as the message shows it: YAML spelling for null / booleans, then its type."""
+    if value is None:
+        return "null"
+    text = str(value).lower() if isinstance(value, bool) else repr(value)
+    return f"{text} ({type(value).__name__})"
+
+
+def check_types(cls: type, section: Mapping[str, Any], where: str) -> None:
+    """Raise :class:`ConfigError` for the first key of ``section`` whose value does not fit the
+    annotation of the dataclass field ``cls.<key>`` (keys ``cls`` lacks are not checked here)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in section.items():
+        if key in hints and not _is_type(value, hints[key]):
+            raise ConfigError(f"{where + '.' if where else ''}{key} must be {describe_type(hints[key])}, "
+                              f"got {show_value(value)}")
+
+
 _TOP_KEYS = {f.name for f in fields(TrainConfig)} | {"hydra"}
 # Policy keys set in policy/*.yaml; obs_type/obs_dim/action_dim come from the task.
 _POLICY_KEYS = ({f.name for f in fields(PolicyConfig)}
@@ -95,13 +172,14 @@ def _check_keys(section: Mapping[str, Any], allowed: set[str], where: str) -> No
 
 def _build(cls, section: Mapping[str, Any], where: str):
     _check_keys(section, {f.name for f in fields(cls)}, where)
+    check_types(cls, section, where)
     return cls(**dict(section))
 
 
 def check_train_config(cfg: Mapping[str, Any]) -> TrainConfig:
     """Validate a composed training config (plain dict) and return it typed.
 
-    Raises :class:`ConfigError` naming the first unknown key or bad value.
+    Raises :class:`ConfigError` naming the first unknown key, value of the wrong type or bad value.
     """
     _check_keys(cfg, _TOP_KEYS, "")
     for name in ("task", "policy", "training"):
@@ -111,6 +189,9 @@ def check_train_config(cfg: Mapping[str, Any]) -> TrainConfig:
     task = _build(TaskConfig, cfg["task"], "task")
     training = _build(TrainingConfig, cfg["training"], "training")
     _check_keys(cfg["policy"], _POLICY_KEYS, "policy")
+    check_types(PolicyConfig, cfg["policy"], "policy")
+    check_types(TrainConfig, {k: cfg[k] for k in ("seed", "device", "run_dir", "resume") if k in cfg}, "")
+    check_device(cfg.get("device", "auto"))
     run = TrainConfig(task=task, policy=dict(cfg["policy"]), training=training,
                       **{k: cfg[k] for k in ("seed", "device", "run_dir", "resume") if k in cfg})
     if task.obs_type not in TASK_OBS_TYPES:
@@ -138,6 +219,13 @@ def check_train_config(cfg: Mapping[str, Any]) -> TrainConfig:
                           f"observations only; task {task.name!r} observes images (set it to 0)")
     policy_config(run)  # value checks of the policy section
     return run
+
+
+def check_device(name: str, key: str = "device") -> None:
+    """Refuse a device name that is none of auto, cpu, cuda, cuda:N, mps (whether this machine
+    has it is :func:`diffpolicy.device.resolve_device`'s check)."""
+    if not DEVICE_RE.fullmatch(name):
+        raise ConfigError(f"{key} must be {DEVICES}, got {name!r}")
 
 
 def policy_config(run: TrainConfig) -> PolicyConfig:

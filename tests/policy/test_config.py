@@ -1,4 +1,9 @@
 """Every shipped config composes and validates; values reach the typed config."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from diffpolicy.policy.run_config import ConfigError, check_train_config, policy_config
@@ -51,3 +56,68 @@ def test_config_groups_share_a_base_and_long_brings_its_policy():
     long = compose_config("train", ["training=long"])
     assert long["policy"]["name"] == "cpu_wide" and long["training"]["max_steps"] == 16000 and long["training"]["lr"] == 1e-3
     assert compose_config("train", ["training=long", "policy=cpu"])["policy"]["name"] == "cpu"   # the CLI wins
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.max_steps=abc", "training.max_steps must be an integer or null, got 'abc' (str)"),
+    ("training.max_steps=1.5", "training.max_steps must be an integer or null, got 1.5 (float)"),
+    ("training.max_steps=true", "training.max_steps must be an integer or null, got true (bool)"),
+    ("training.batch_size=2.5", "training.batch_size must be an integer, got 2.5 (float)"),
+    ("training.lr=abc", "training.lr must be a number, got 'abc' (str)"),
+    ("training.lr=true", "training.lr must be a number, got true (bool)"),
+    ("training.grad_clip=abc", "training.grad_clip must be a number or null, got 'abc' (str)"),
+    ("training.adam_betas=[0.9]", "training.adam_betas must be a list of 2 numbers, got [0.9] (list)"),
+    ("training.adam_betas=[0.9,abc]", "training.adam_betas must be a list of 2 numbers, got [0.9, 'abc'] (list)"),
+    ("training.adam_betas=0.9", "training.adam_betas must be a list of 2 numbers, got 0.9 (float)"),
+    ("task.val_ratio=abc", "task.val_ratio must be a number, got 'abc' (str)"),
+    ("task.dataset_path=5", "task.dataset_path must be a string or null, got 5 (int)"),
+    ("task.max_train_episodes=1.5", "task.max_train_episodes must be an integer or null, got 1.5 (float)"),
+    ("policy.horizon=16.0", "policy.horizon must be an integer, got 16.0 (float)"),
+    ("policy.down_dims=[a,b]", "policy.down_dims must be a list of integers, got ['a', 'b'] (list)"),
+    ("policy.crop_shape=[76]", "policy.crop_shape must be a list of 2 integers, got [76] (list)"),
+    ("policy.clip_sample=1", "policy.clip_sample must be true or false, got 1 (int)"),
+    ("seed=abc", "seed must be an integer, got 'abc' (str)"),
+    ("seed=1.5", "seed must be an integer, got 1.5 (float)"),
+    ("resume=yes", "resume must be true or false, got 'yes' (str)"),
+    ("run_dir=5", "run_dir must be a string, got 5 (int)"),
+    ("device=banana", "device must be auto, cpu, cuda, cuda:N or mps, got 'banana'"),
+    ("device=cuda:x", "device must be auto, cpu, cuda, cuda:N or mps, got 'cuda:x'"),
+    ("device=5", "device must be a string, got 5 (int)"),
+])
+def test_type_errors_name_the_key_the_type_and_the_value(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_train_config(compose_config("train", [override]))
+
+
+def test_valid_types_are_kept():
+    """Integers where numbers are expected, null where allowed, every device form."""
+    over = ["training.lr=1", "training.grad_clip=1", "training.max_minutes=2", "training.adam_betas=[1,0.999]",
+            "task.max_train_episodes=90", "policy.fast_unet=false", "training.num_threads=null"]
+    run = check_train_config(compose_config("train", over))
+    assert run.training.lr == 1 and run.training.adam_betas == [1, 0.999] and run.training.num_threads is None
+    for device in ("auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"):
+        assert check_train_config(compose_config("train", [f"device={device}"])).device == device
+
+
+def test_cli_refuses_a_type_error_in_one_line_and_leaves_no_folder(tmp_path):
+    """seed=abc: the default run folder (runs/...-seedabc, made by Hydra) does not stay."""
+    out = subprocess.run([sys.executable, "-m", "diffpolicy.cli.train", "seed=abc", "training.max_steps=1.5"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == ["error: training.max_steps must be an integer or null, "
+                                               "got 1.5 (float)"]
+    assert not (tmp_path / "runs" / "pusht_keypoints-cpu-demo-seedabc").exists()
+
+
+def test_cli_error_with_a_run_dir_that_is_not_a_string(tmp_path, monkeypatch, capsys):
+    from diffpolicy.cli._errors import run_cli
+
+    def refuse():
+        raise ConfigError("run_dir must be a string, got 5 (int)")
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "5").mkdir()                       # where Hydra puts run_dir=5
+    with pytest.raises(SystemExit) as exc:
+        run_cli(refuse, run_dir=5)
+    assert exc.value.code == 2 and not (tmp_path / "5").exists()
+    assert capsys.readouterr().err == "error: run_dir must be a string, got 5 (int)\n"
