@@ -25,6 +25,7 @@ import torch
 from diffpolicy.device import resolve_device
 from diffpolicy.eval.ensemble import ActionEnsembler, check_ensemble_options
 from diffpolicy.eval.metrics import format_table, latency_stats, sampling_settings, summarize
+from diffpolicy.eval.options import check_eval_config, check_output_dir
 from diffpolicy.eval.rollout import obs_to_policy, make_env, run_rollouts
 from diffpolicy.eval.video import frame_grid, write_video
 from diffpolicy.policy.checkpoint import CheckpointError, load_checkpoint
@@ -33,10 +34,6 @@ from diffpolicy.policy.pretrained import is_pretrained_path, load_pretrained
 from diffpolicy.policy.run_config import ConfigError, to_plain_config
 from diffpolicy.speed import machine_info
 
-EVAL_KEYS = {"checkpoint", "task", "n_episodes", "seed_start", "max_steps", "n_envs", "use_ema",
-             "sampler", "num_inference_steps", "n_action_steps", "sampling_seed", "device", "output_dir",
-             "n_videos", "video_format", "video_size", "latency_calls", "num_threads",
-             "temporal_ensemble", "replan_every", "fixed_noise", "hydra"}
 
 
 def load_policy(path: str | Path, use_ema: bool = True, task: str | None = None,
@@ -107,24 +104,16 @@ def measure_latency(policy: DiffusionPolicy, obs_type: str, calls: int, device: 
 def evaluate(cfg: Any) -> dict:
     """Run the evaluation described by ``cfg`` (see ``diffpolicy/configs/eval.yaml``); returns the report."""
 
-    c = to_plain_config(cfg)
-    unknown = sorted(set(c) - EVAL_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]} (known keys: {', '.join(sorted(EVAL_KEYS - {'hydra'}))})")
-    c.pop("hydra", None)
-    if not c.get("checkpoint"):
-        raise ConfigError("checkpoint= is required (a file written by diffpolicy-train)")
-    if c["video_format"] not in ("mp4", "gif"):
-        raise ConfigError(f"video_format must be mp4 or gif, got {c['video_format']!r}")
-    if c["n_episodes"] < 1:
-        raise ConfigError(f"n_episodes must be >= 1, got {c['n_episodes']}")
-    if not isinstance(c.get("fixed_noise", False), bool):
-        raise ConfigError(f"fixed_noise must be true or false, got {c['fixed_noise']!r}")
-    if c.get("num_threads"):
+    c = check_eval_config(to_plain_config(cfg))     # types and ranges, before anything is read or made
+    if c["num_threads"]:
         torch.set_num_threads(int(c["num_threads"]))
     device = resolve_device(c["device"])
     ckpt_path = Path(c["checkpoint"])
-    policy, ckpt = load_policy(ckpt_path, c["use_ema"], c.get("task"), device)
+    policy, ckpt = load_policy(ckpt_path, c["use_ema"], c["task"], device)
+    steps = policy.config.num_train_timesteps
+    if c["num_inference_steps"] is not None and c["num_inference_steps"] > steps:
+        raise ConfigError(f"num_inference_steps must be in [1, {steps}] (the checkpoint's num_train_timesteps) "
+                          f"or null, got {c['num_inference_steps']}")
     if c.get("n_action_steps") is not None:
         try:
             policy.config = replace(policy.config, n_action_steps=int(c["n_action_steps"]))
@@ -144,6 +133,7 @@ def evaluate(cfg: Any) -> dict:
     out = Path(c["output_dir"]) if c.get("output_dir") else (
         folder.parent / f"eval_{folder.name}_{c['n_episodes']}" if folder else
         ckpt_path.parent.parent / f"eval_{ckpt_path.stem}_{c['n_episodes']}")
+    check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
 
     # batch-1 latency first: it also warms up the sampler before the timed rollout calls
