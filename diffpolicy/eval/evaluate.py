@@ -35,7 +35,6 @@ from diffpolicy.policy.run_config import ConfigError, to_plain_config
 from diffpolicy.speed import machine_info
 
 
-
 def load_policy(path: str | Path, use_ema: bool = True, task: str | None = None,
                 device: str | torch.device = "cpu") -> tuple[DiffusionPolicy, dict]:
     """Rebuild the policy stored in a checkpoint; returns ``(policy in eval mode, checkpoint)``.
