@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -52,8 +53,10 @@ def compare(paths: list[str | Path]) -> str:
              "| report | training seed | step | sampler | execution | score [95 % CI] | success [95 % CI] "
              "| success - first row, paired [95 % CI] |",
              "|---|---|---|---|---|---|---|---|"]
+    folders = [row.path.parent for row in rows]
+    common = Path(os.path.commonpath(folders)) if len(set(folders)) > 1 else folders[0].parent
     base = None
-    for row in rows:
+    for row, folder in zip(rows, folders):
         report = json.loads(_report_file(Path(row.path)).read_text())
         m = report["metrics"]
         cells = [f"{m[k]['mean']:.3f} [{m[k]['ci_low']:.3f}, {m[k]['ci_high']:.3f}]"
@@ -66,7 +69,7 @@ def compare(paths: list[str | Path]) -> str:
                 if success.keys() == base.keys() else None
             diff = "n/a" if d is None else f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
         cells.append(diff)
-        lines.append(f"| {row.path.parent.name} | "
+        lines.append(f"| {folder.relative_to(common)} | "
                      f"{'?' if row.training_seed is None else row.training_seed} | {row.step} | "
                      f"{_execution(row.protocol)} | "
                      + " | ".join(cells) + " |")
