@@ -7,8 +7,8 @@ cached per machine):
 * training: one forward + backward at the per-process batch, each path with
   its own weight layout (:meth:`ConditionalUnet1D.set_fast`), chosen once before
   the optimiser exists;
-* inference: one forward at a bucket of the batch size (1 for a control loop,
-  8, or 64 for batched rollouts), chosen the first time a bucket is met.
+* inference: one forward at the call's batch size (above 64: the next multiple
+  of 16), chosen the first time that size is met.
 
 ``true`` or ``false`` fixes the path and measures nothing.  Both paths give
 the same outputs within float rounding (``tests/diffusion/test_unet.py``).
@@ -16,7 +16,6 @@ the same outputs within float rounding (``tests/diffusion/test_unet.py``).
 from __future__ import annotations
 
 import copy
-import math
 from typing import Callable
 
 import torch
@@ -24,12 +23,14 @@ import torch
 from diffpolicy import speed
 from diffpolicy.diffusion.unet1d import ConditionalUnet1D, count_parameters
 
-INFERENCE_BUCKETS = (1, 8, 64)
+EXACT_UP_TO = 64      # the faster path changed between batch 50 and 64 on one CPU: probe exact sizes
 
 
 def inference_bucket(batch: int) -> int:
-    """The probed batch size standing for ``batch`` (nearest on a log scale)."""
-    return min(INFERENCE_BUCKETS, key=lambda b: abs(math.log2(batch / b)))
+    """The probed batch size standing for ``batch``: the batch itself up to ``EXACT_UP_TO``
+    (a rollout's shrinking batches each measured once per machine, then cached), above
+    that the next multiple of 16."""
+    return batch if batch <= EXACT_UP_TO else -(-batch // 16) * 16
 
 
 def _probe_fns(unet: ConditionalUnet1D, batch: int, horizon: int, train: bool,

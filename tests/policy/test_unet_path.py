@@ -41,17 +41,16 @@ def test_auto_training_path_follows_the_measurement_and_sets_the_weight_layout(m
     assert p.unet.fast is (winner == "fast")
 
 
-def test_auto_inference_measures_once_per_batch_bucket(monkeypatch):
+def test_auto_inference_measures_once_per_batch_size(monkeypatch):
     seen = []
     monkeypatch.setattr(speed, "choose", _fake_choose("plain", seen))
     p = _policy("auto").eval()
-    for b in (1, 1, 2, 50, 40):
+    for b in (1, 1, 50, 40, 50, 70, 72):
         out = p.predict_action({"obs": torch.rand(b, 2, 20) * 512})
         assert out.shape == (b, 8, 2)
-    assert [s.split("inference batch ")[1].split()[0] for s in seen] == ["1", "64"]
+    assert [s.split("inference batch ")[1].split()[0] for s in seen] == ["1", "50", "40", "80"]
     assert p.unet.fast is False
-    assert [execution.inference_bucket(b) for b in (1, 2, 3, 5, 8, 20, 23, 50, 500)] == \
-        [1, 1, 8, 8, 8, 8, 64, 64, 64]
+    assert [execution.inference_bucket(b) for b in (1, 2, 50, 64, 65, 500)] == [1, 2, 50, 64, 80, 512]
 
 
 def test_fixed_path_measures_nothing(monkeypatch):
