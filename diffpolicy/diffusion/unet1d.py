@@ -40,6 +40,28 @@ from diffpolicy.diffusion import fast_conv
 from diffpolicy.diffusion.embeddings import FiLM, step_encoder
 
 
+def plain_conv(conv: nn.Conv1d | nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for the plain path, ``(B, C, H)``.
+
+    Weights kept in the fast path's tap-major layout are not contiguous, and
+    ``nn.Conv1d`` would copy them on every call.  Without autograd (inference)
+    the contiguous copy is made once and reused until the weight changes
+    (its version counter), so the plain path runs as fast as with plain weights.
+    """
+    w = conv.weight
+    if w.is_contiguous() or torch.is_grad_enabled() or w.is_inference():   # inference tensors have no version
+        return conv(x)
+    key = (w.data_ptr(), w._version)
+    cached = conv.__dict__.get("_plain_weight")
+    if cached is None or cached[0] != key:
+        cached = (key, w.detach().contiguous())
+        conv.__dict__["_plain_weight"] = cached
+    if isinstance(conv, nn.ConvTranspose1d):
+        return F.conv_transpose1d(x, cached[1], conv.bias, conv.stride, conv.padding,
+                                  conv.output_padding, conv.groups, conv.dilation)
+    return conv._conv_forward(x, cached[1], conv.bias)
+
+
 class Conv1dBlock(nn.Module):
     """Conv1d(kernel k, padding k // 2) -> GroupNorm(n_groups) -> Mish; ``(B, Cin, H) -> (B, Cout, H)``."""
 
@@ -52,7 +74,7 @@ class Conv1dBlock(nn.Module):
         self.norm = nn.GroupNorm(n_groups, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.mish(self.norm(self.conv(x)))
+        return F.mish(self.norm(plain_conv(self.conv, x)))
 
     def forward_cl(self, x: torch.Tensor) -> torch.Tensor:
         """Channels-last fast path: ``(B, H, Cin) -> (B, H, Cout)``."""
@@ -225,12 +247,12 @@ class ConditionalUnet1D(nn.Module):
         for res1, res2, downsample in self.down:
             x = res2(res1(x, cond), cond)
             skips.append(x)
-            x = downsample(x)
+            x = x if isinstance(downsample, nn.Identity) else plain_conv(downsample, x)
         for block in self.mid:
             x = block(x, cond)
         for res1, res2, upsample in self.up:
             x = torch.cat([x, skips.pop()], dim=1)
-            x = upsample(res2(res1(x, cond), cond))
+            x = plain_conv(upsample, res2(res1(x, cond), cond))
         return self.final_conv(self.final_block(x))
 
     def _forward_cl(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

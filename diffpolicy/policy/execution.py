@@ -42,7 +42,8 @@ def _probe_fns(unet: ConditionalUnet1D, batch: int, horizon: int, train: bool,
         if unet.global_cond_dim else None
     fns = {}
     for name, fast in (("plain", False), ("fast", True)):        # plain first: the reference
-        m = copy.deepcopy(unet)
+        with torch.inference_mode(False):     # callers may be in inference mode; copy ordinary tensors
+            m = copy.deepcopy(unet)
         if train:
             m.set_fast(fast)
 

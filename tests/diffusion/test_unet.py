@@ -266,3 +266,20 @@ def test_compiled_group_norm_mish_matches():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for a, r in zip(og, rg):
         torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+
+
+def test_plain_path_reuses_a_contiguous_weight_copy_until_the_weight_changes():
+    from diffpolicy.diffusion.unet1d import plain_conv
+    m = small_unet(fast=True).eval()                # tap-major weights
+    conv = m.down[0][0].block1.conv
+    assert not conv.weight.is_contiguous()
+    x = torch.randn(3, conv.in_channels, 16)
+    with torch.no_grad():
+        y = plain_conv(conv, x)
+        first = conv.__dict__["_plain_weight"][1]
+        assert torch.equal(plain_conv(conv, x), y) and conv.__dict__["_plain_weight"][1] is first
+        conv.weight.mul_(2.0)                      # an optimiser step bumps the version
+        y2 = plain_conv(conv, x)
+    assert conv.__dict__["_plain_weight"][1] is not first
+    torch.testing.assert_close(y2 - conv.bias[None, :, None], 2 * (y - conv.bias[None, :, None]))
+    torch.testing.assert_close(y2, F.conv1d(x, conv.weight.contiguous(), conv.bias, padding=2))
