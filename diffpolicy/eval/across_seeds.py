@@ -144,17 +144,22 @@ def format_rows(rows: list[EvalRow], stats: dict[str, tuple[float, float]]) -> s
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def report_cli(argv: list[str] | None, description: str, render: Callable[[list[str]], str]) -> int:
+    """``prog REPORT...``: print ``render(reports)``; a :class:`ReportError` is one line, exit 2."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("reports", nargs="+", help="eval.json files or the folders holding them")
     args = parser.parse_args(argv)
     try:
-        rows, stats = across_seeds(args.reports)
+        text = render(args.reports)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_rows(rows, stats))
+    print(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return report_cli(argv, __doc__.split("\n\n")[0], lambda paths: format_rows(*across_seeds(paths)))
 
 
 if __name__ == "__main__":

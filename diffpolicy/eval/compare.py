@@ -13,13 +13,11 @@ an ablation compares like with like; reports of other seed sets are refused::
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-from diffpolicy.eval.across_seeds import ReportError, _report_file, read_report
+from diffpolicy.eval.across_seeds import ReportError, _report_file, read_report, report_cli
 from diffpolicy.eval.metrics import mean_ci
 
 
@@ -77,15 +75,7 @@ def compare(paths: list[str | Path]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("reports", nargs="+", help="eval.json files or the folders holding them")
-    args = parser.parse_args(argv)
-    try:
-        print(compare(args.reports))
-    except ReportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return report_cli(argv, __doc__.split("\n\n")[0], compare)
 
 
 if __name__ == "__main__":
