@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from diffpolicy import speed
-from diffpolicy.diffusion.unet1d import ConditionalUnet1D, count_parameters
+from diffpolicy.diffusion.unet1d import ConditionalUnet1D
 
 EXACT_UP_TO = 64      # the faster path changed between batch 50 and 64 on one CPU: probe exact sizes
 
@@ -65,7 +65,8 @@ def choose_unet_path(unet: ConditionalUnet1D, batch: int, horizon: int, train: b
                      log: Callable[[str], object] | None = print) -> bool:
     """True when the fast path is the faster for this UNet, batch and mode on this machine."""
     what = "train step" if train else "inference"
-    probe = (f"unet {list(unet.down_dims)} {count_parameters(unet)} params, {what} batch {batch} "
+    n_params = sum(p.numel() for p in unet.parameters())      # EMA copies have requires_grad=False
+    probe = (f"unet {list(unet.down_dims)} {n_params} params, {what} batch {batch} "
              f"horizon {horizon} on {torch.device(device).type}")
     fns = _probe_fns(unet, batch, horizon, train, device)
     return speed.choose(probe, fns, device=device, reps=3 if train else 5, log=log) == "fast"
