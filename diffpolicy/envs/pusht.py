@@ -15,10 +15,13 @@ Observations (``obs_type``):
   ``image_dtype="float32"``; ``S = image_size``, 96 by default) and
   ``agent_pos`` ``(2,)`` float32.
 
-Actions are ``(2,)`` target positions. The action space says [0, 512] (what
-the demos use); targets outside it are accepted, as in the original simulator,
-and simply pull the agent there (it passes through walls). NaN or infinite
-actions raise ``ValueError``.
+Actions are ``(2,)`` target positions (real numbers). The action space says
+[0, 512] (what the demos use); targets up to one workspace beyond it
+(``ACTION_LIMITS``, [-512, 1024] on each axis) are accepted, as in the original
+simulator, and simply pull the agent there (it passes through walls).  Anything
+else raises ``ValueError`` and leaves the state unchanged: NaN or infinite
+values, targets farther out (a target at 1e308 made the physics NaN), and
+non-numeric, boolean or complex actions.
 
 Reward ``clip(coverage / 0.95, 0, 1)``; ``terminated`` when coverage > 0.95.
 """
@@ -70,6 +73,23 @@ def _check_state_option(state: Any) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"PushTEnv.reset: options['state'] must be finite, found {arr.tolist()}")
     return arr
+
+
+ACTION_LIMITS = (-512.0, 1024.0)     # per axis: the board [0, 512] plus one board on each side
+
+
+def _check_action(action) -> np.ndarray:
+    """``action`` as a float64 array, refusing what is not real numbers (strings, dicts,
+    objects, booleans, complex) with a ``ValueError`` that names what was found."""
+    try:
+        arr = np.asarray(action)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"PushTEnv.step: action must be two real numbers (target x, y), found "
+                         f"{type(action).__name__} ({exc})") from None
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"PushTEnv.step: action must be two real numbers (target x, y), found "
+                         f"{type(action).__name__} of dtype {arr.dtype}; the environment state is unchanged")
+    return arr.astype(np.float64)
 
 
 class PushTEnv(gym.Env):
@@ -144,6 +164,9 @@ class PushTEnv(gym.Env):
         starts from an explicit state instead. Without either, the start is
         drawn from the env's seeded ``np_random``.
         """
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"PushTEnv.reset: options must be a dict such as "
+                             f"{{'state': [ax, ay, bx, by, angle]}}, found {type(options).__name__}")
         super().reset(seed=seed)
         if options is not None and "state" in options:
             state = _check_state_option(options["state"])
@@ -159,13 +182,18 @@ class PushTEnv(gym.Env):
 
     def step(self, action):
         """Move the agent toward ``action`` (an (x, y) target) for 1/10 s."""
-        act = np.asarray(action, dtype=np.float64)
+        act = _check_action(action)
         if act.shape != (2,):
             raise ValueError(f"PushTEnv.step: action must have shape (2,) (target x, y), "
                              f"found shape {act.shape}")
         if not np.all(np.isfinite(act)):
             raise ValueError(f"PushTEnv.step: action must be finite, found {act.tolist()}; "
                              f"the environment state is unchanged")
+        lo, hi = ACTION_LIMITS
+        if np.any(act < lo) or np.any(act > hi):
+            raise ValueError(f"PushTEnv.step: action must lie in [{lo:g}, {hi:g}] on each axis (one "
+                             f"workspace beyond the board), found {act.tolist()}; the environment "
+                             f"state is unchanged")
         self._n_contacts = self.sim.step(act)
         self.last_action = act
         cov = coverage(self.sim.block_pose, self.goal_pose)

@@ -242,3 +242,30 @@ def test_cli_saves_png(tmp_path):
     env = PushTEnv(obs_type="state", render_mode="rgb_array", render_size=128)
     env.reset(seed=0)
     np.testing.assert_array_equal(img[:, :, ::-1], env.render())
+
+
+@pytest.mark.parametrize("bad, match", [
+    ([1e308, 0.0], r"must lie in \[-512, 1024\]"),
+    ([100.0, -600.0], r"must lie in \[-512, 1024\]"),
+    ("left", r"two real numbers .*found str of dtype <U4"),
+    ({"x": 1, "y": 2}, r"two real numbers .*found dict"),
+    (object(), r"two real numbers .*found object"),
+    ([True, False], r"two real numbers .*dtype bool"),
+    ([1 + 2j, 3.0], r"two real numbers .*dtype complex"),
+])
+def test_hostile_actions_are_refused_and_leave_state_unchanged(bad, match):
+    env = PushTEnv(obs_type="state")
+    env.reset(seed=1)
+    env.step(np.array([200.0, 200.0]))
+    before = (env.state().copy(), env.sim.agent_vel.copy())
+    with pytest.raises(ValueError, match=match):
+        env.step(bad)
+    np.testing.assert_array_equal(before[0], env.state())
+    np.testing.assert_array_equal(before[1], env.sim.agent_vel)
+    assert np.all(np.isfinite(env.step(np.array([1024.0, -512.0]))[0]))   # the limits themselves are fine
+
+
+def test_reset_options_must_be_a_dict():
+    env = PushTEnv(obs_type="state")
+    with pytest.raises(ValueError, match="options must be a dict such as"):
+        env.reset(options="state")
