@@ -8,7 +8,7 @@ from diffpolicy.cli._errors import run_cli
 from diffpolicy.eval.evaluate import evaluate
 
 
-@hydra.main(config_path="../configs", config_name="eval", version_base=None)
+@hydra.main(config_path="../configs/evaluation", config_name="eval", version_base=None)
 def _main(cfg: DictConfig) -> None:
     run_cli(lambda: evaluate(cfg))
 

@@ -101,7 +101,7 @@ def measure_latency(policy: DiffusionPolicy, obs_type: str, calls: int, device: 
 
 
 def evaluate(cfg: Any) -> dict:
-    """Run the evaluation described by ``cfg`` (see ``diffpolicy/configs/eval.yaml``); returns the report."""
+    """Run the evaluation described by ``cfg`` (see ``diffpolicy/configs/evaluation/eval.yaml``); returns the report."""
 
     c = check_eval_config(to_plain_config(cfg))     # types and ranges, before anything is read or made
     if c["num_threads"]:

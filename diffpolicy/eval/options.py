@@ -1,4 +1,4 @@
-"""The options of ``diffpolicy-eval`` (``diffpolicy/configs/eval.yaml``), typed and checked.
+"""The options of ``diffpolicy-eval`` (``diffpolicy/configs/evaluation/eval.yaml``), typed and checked.
 
 :func:`check_eval_config` refuses an unknown key, a value of the wrong type (from
 :class:`EvalConfig`'s annotations) or out of range with one :class:`ConfigError`

@@ -71,7 +71,7 @@ def test_defaults_are_eval_yaml():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(str(REPO / "diffpolicy" / "configs"), version_base=None):
+    with initialize_config_dir(str(REPO / "diffpolicy" / "configs" / "evaluation"), version_base=None):
         composed = OmegaConf.to_container(compose(config_name="eval", overrides=["checkpoint=x.pt"]))
     assert composed == {**asdict(EvalConfig(checkpoint="x.pt")), "num_threads": 1}
 
@@ -82,3 +82,12 @@ def test_cli_refuses_in_one_line_and_leaves_no_folder(keypoints_ckpt):
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.strip().splitlines() == ["error: sampler must be ddpm, ddim or null, got 'foo'"]
     assert sorted(p.name for p in keypoints_ckpt.parent.parent.iterdir()) == ["checkpoints"]
+
+
+def test_cli_takes_task_as_a_plain_option(keypoints_ckpt):
+    """task=<name> is the evaluation's check, not a config group (it clashed with configs/task/)."""
+    out = subprocess.run([sys.executable, "-m", "diffpolicy.cli.eval", f"checkpoint={keypoints_ckpt}",
+                          "task=pusht_image", "device=cpu"], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "was trained on task 'pusht_keypoints'" in lines[0] and "'pusht_image'" in lines[0]

@@ -1,0 +1,1 @@
+"""Hydra config of diffpolicy-eval (kept apart from the training groups: `task=` here is a plain option)."""
