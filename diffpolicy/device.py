@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from diffpolicy.policy.run_config import ConfigError
+from diffpolicy.policy.run_config import ConfigError, check_device
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -15,14 +15,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     ``cuda`` means this process's GPU under torchrun (``cuda:<local_rank>``).
     Raises :class:`ConfigError` for an unknown name or a device this machine lacks.
     """
+    check_device(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         name = f"cuda:{local_rank}"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device={name!r} is not a device (expected auto, cpu, cuda, cuda:N or mps)") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} asked for, but CUDA is not available")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -30,6 +28,4 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
                           f"{torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ConfigError(f"device={name!r} asked for, but MPS is not available")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device={name!r}: expected auto, cpu, cuda, cuda:N or mps")
     return device
