@@ -1,4 +1,5 @@
-"""Loading saved files without running code: tensors, plain data and NumPy arrays only.
+"""Saving files atomically, and loading them without running code (tensors, plain data and
+NumPy arrays only).
 
 ``torch.load`` without ``weights_only`` unpickles arbitrary objects, so a shared
 checkpoint could execute code when opened.  Everything diffpolicy saves is
@@ -7,9 +8,11 @@ state as an array), and :func:`safe_load` accepts exactly that.
 """
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -47,3 +50,21 @@ def safe_load(path: str | Path, what: str = "checkpoint"):
                               "cannot run code") from None
     except Exception as exc:  # noqa: BLE001 (torch raises many types for bad files)
         raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, flush it to disk, then rename
+    it over ``path``: a crash leaves the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

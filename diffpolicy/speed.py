@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 import torch
 
+from diffpolicy.serialization import atomic_write
+
 CACHE_FILE = "speed_choices.json"
 TIE_MARGIN = 0.03     # another candidate must beat the first (the reference) by more than 3 %
 _LOGGED: set[tuple[str, str]] = set()
@@ -184,10 +186,7 @@ def _read_cache(path: Path) -> dict:
 
 def _write_cache(path: Path, data: dict) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(json.dumps(data, indent=1, sort_keys=True).encode()))
     except OSError as exc:  # a read-only home: keep the choice for this process only
         print(f"[speed] could not write the choice cache {path}: {exc}", file=sys.stderr)
 

@@ -15,39 +15,19 @@ new file, never a torn one.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
 
-from diffpolicy.serialization import CheckpointError, safe_load  # noqa: F401 (re-exported)
+from diffpolicy.serialization import CheckpointError, atomic_write, safe_load  # noqa: F401 (re-exported)
 
 FORMAT = "diffpolicy-checkpoint-v1"
 LATEST = "latest.pt"
 _BEST_RE = re.compile(r"^best_step(\d+)_score(-?[0-9.]+)\.pt$")
 _TEMP_RE = re.compile(r"\.tmp-\d+$")      # atomic_write's temporary files: <name>.tmp-<pid>
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
-    """Call ``write(f)`` on a temporary file beside ``path``, flush it to disk, then rename
-    it over ``path``: a crash leaves the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def atomic_save(obj: object, path: str | Path) -> Path:
