@@ -37,7 +37,7 @@ class EvalRow:
     training_seed: int | None
     step: int
     protocol: tuple        # (task, first seed, n_episodes, max_steps, sampler, steps, actions per call,
-                           #  temporal-ensemble m or None, fixed noise per episode)
+                           #  temporal-ensemble m or None, fixed noise per episode, action stride)
     metrics: dict[str, float]
 
 
@@ -71,7 +71,8 @@ def read_report(path: str | Path) -> EvalRow:
         sampling = report.get("sampling") or sampling_settings(cfg, pc)
         protocol = (report["task"], int(cfg["seed_start"]), int(cfg["n_episodes"]), int(cfg["max_steps"]),
                     sampling["sampler"], int(sampling["num_inference_steps"]), int(sampling["n_action_steps"]),
-                    sampling.get("temporal_ensemble"), bool(sampling.get("fixed_noise", False)))
+                    sampling.get("temporal_ensemble"), bool(sampling.get("fixed_noise", False)),
+                    int(sampling.get("action_stride", 1)))
         seed = (report["training_seed"] if "training_seed" in report
                 else _seed_from_run_config(report.get("checkpoint")))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -123,9 +124,10 @@ def across_seeds(paths: list[str | Path]) -> tuple[list[EvalRow], dict[str, tupl
 
 
 def describe(protocol: tuple) -> str:
-    task, start, n, steps, sampler, k, ta, ensemble, fixed_noise = protocol
+    task, start, n, steps, sampler, k, ta, ensemble, fixed_noise, stride = protocol
     calls = f"{ta} actions per call" if ensemble is None else \
         f"temporal ensemble m={ensemble:g}, a call every {ta} steps"
+    calls += f", action stride {stride}" if stride > 1 else ""
     calls += ", fixed noise per episode" if fixed_noise else ""
     return f"{task}, seeds {start}..{start + n - 1}, {steps} steps, {sampler} {k}, {calls}"
 

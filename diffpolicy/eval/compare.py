@@ -27,8 +27,9 @@ def _episodes_protocol(protocol: tuple) -> tuple:
 
 
 def _execution(protocol: tuple) -> str:
-    sampler, steps, ta, ensemble, fixed_noise = protocol[4:]
+    sampler, steps, ta, ensemble, fixed_noise, stride = protocol[4:]
     text = f"{ta} per call" if ensemble is None else f"ensemble m={ensemble:g}, call every {ta}"
+    text += f", stride {stride}" if stride > 1 else ""
     return f"{sampler} {steps} | " + text + (", fixed noise" if fixed_noise else "")
 
 

@@ -100,6 +100,27 @@ def measure_latency(policy: DiffusionPolicy, obs_type: str, calls: int, device: 
     return times
 
 
+def execution_config(config: PolicyConfig, n_action_steps: int | None,
+                     action_stride: int | None) -> PolicyConfig:
+    """``config`` with the evaluation's actions per call and action stride where they are set.
+
+    With only ``action_stride=k`` set, ``n_action_steps`` becomes the most that fit in
+    the plan (``(H - To + 1) // k``), at most the checkpoint's own.  Raises
+    :class:`ConfigError` naming the keys when the executed actions leave the plan.
+    """
+    if n_action_steps is None and action_stride is None:
+        return config
+    k = config.action_stride if action_stride is None else int(action_stride)
+    ta = int(n_action_steps) if n_action_steps is not None else \
+        max(1, min(config.n_action_steps, (config.horizon - config.n_obs_steps + 1) // k))
+    try:
+        return replace(config, n_action_steps=ta, action_stride=k)
+    except ValueError as exc:
+        given = {"n_action_steps": n_action_steps, "action_stride": action_stride}
+        keys = ", ".join(f"{key}={v}" for key, v in given.items() if v is not None)
+        raise ConfigError(f"{keys}: {exc}") from None
+
+
 def evaluate(cfg: Any) -> dict:
     """Run the evaluation described by ``cfg`` (see ``diffpolicy/configs/evaluation/eval.yaml``); returns the report."""
 
@@ -113,20 +134,17 @@ def evaluate(cfg: Any) -> dict:
     if c["num_inference_steps"] is not None and c["num_inference_steps"] > steps:
         raise ConfigError(f"num_inference_steps must be in [1, {steps}] (the checkpoint's num_train_timesteps) "
                           f"or null, got {c['num_inference_steps']}")
-    if c.get("n_action_steps") is not None:
-        try:
-            policy.config = replace(policy.config, n_action_steps=int(c["n_action_steps"]))
-        except ValueError as exc:
-            raise ConfigError(f"n_action_steps={c['n_action_steps']}: {exc}") from None
+    policy.config = execution_config(policy.config, c.get("n_action_steps"), c.get("action_stride"))
     try:
         coef, replan = check_ensemble_options(c.get("temporal_ensemble"), c.get("replan_every"),
                                               policy.config.horizon, policy.config.n_obs_steps)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if coef is not None and c.get("n_action_steps") is not None:
-        raise ConfigError(f"n_action_steps={c['n_action_steps']} does not apply with temporal_ensemble="
-                          f"{c['temporal_ensemble']}: every step executes an ensembled action and "
-                          f"replan_every sets the steps between policy calls")
+    for key in ("n_action_steps", "action_stride"):
+        if coef is not None and c.get(key) is not None:
+            raise ConfigError(f"{key}={c[key]} does not apply with temporal_ensemble="
+                              f"{c['temporal_ensemble']}: every step executes an ensembled action and "
+                              f"replan_every sets the steps between policy calls")
     obs_type = task_obs_type(ckpt)
     folder = Path(ckpt["path"]) if "path" in ckpt else None  # a pretrained folder: report beside it
     out = Path(c["output_dir"]) if c.get("output_dir") else (
@@ -154,8 +172,12 @@ def evaluate(cfg: Any) -> dict:
     latency = {"batch 1" if coef is None else "batch 1 per env step (ensembling)": latency_b1,
                f"batch <= {max(result.call_batch)} (rollouts)": latency_stats(result.call_seconds)}
     sampling = sampling_settings(c, ckpt["policy_config"])
+    if coef is None:        # the actions per call executed (action_stride alone can lower them)
+        sampling["n_action_steps"] = policy.config.n_action_steps
     execution = (f"{sampling['n_action_steps']} actions per call" if coef is None else
                  f"temporal ensemble m={coef:g}, a call every {replan} steps")
+    if sampling.get("action_stride"):
+        execution += f", action stride {sampling['action_stride']}"
     if sampling.get("fixed_noise"):
         execution += ", fixed noise per episode"
     title = (f"{ckpt['task']} | step {ckpt['step']} | {'EMA' if c['use_ema'] else 'raw'} weights | "

@@ -70,7 +70,8 @@ def sampling_settings(eval_config: dict, policy_config: dict) -> dict[str, Any]:
     With temporal ensembling (``temporal_ensemble`` set) the settings also hold
     ``temporal_ensemble`` (m) and ``replan_every`` (default 1), and
     ``n_action_steps`` is ``replan_every``: the env steps per policy call.
-    ``fixed_noise`` appears (True) only when the evaluation set it.
+    ``fixed_noise`` appears (True) only when the evaluation set it; ``action_stride``
+    only when it is not 1 (set by the evaluation or stored in the checkpoint).
     """
     settings = {key: eval_config.get(key) or policy_config[key]
                 for key in ("sampler", "num_inference_steps", "n_action_steps")}
@@ -80,6 +81,9 @@ def sampling_settings(eval_config: dict, policy_config: dict) -> dict[str, Any]:
                         replan_every=replan)
     if eval_config.get("fixed_noise"):
         settings["fixed_noise"] = True
+    stride = eval_config.get("action_stride") or policy_config.get("action_stride", 1)
+    if stride != 1:
+        settings["action_stride"] = int(stride)
     return settings
 
 

@@ -35,6 +35,7 @@ class EvalConfig:
     sampler: str | None = None
     num_inference_steps: int | None = None
     n_action_steps: int | None = None
+    action_stride: int | None = None
     temporal_ensemble: float | None = None
     replan_every: int | None = None
     fixed_noise: bool = False
@@ -78,6 +79,8 @@ def check_eval_config(cfg: Mapping[str, Any]) -> dict:
             raise ConfigError(f"{key} must be >= {low}, got {c[key]}")
     if c["sampler"] is not None and c["sampler"] not in SAMPLERS:
         raise ConfigError(f"sampler must be {', '.join(SAMPLERS)} or null, got {c['sampler']!r}")
+    if c["action_stride"] is not None and c["action_stride"] < 1:
+        raise ConfigError(f"action_stride must be >= 1 or null, got {c['action_stride']}")
     if c["num_inference_steps"] is not None and c["num_inference_steps"] < 1:
         raise ConfigError(f"num_inference_steps must be >= 1 or null, got {c['num_inference_steps']}")
     if c["num_threads"] is not None and c["num_threads"] < 0:

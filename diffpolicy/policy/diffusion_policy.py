@@ -18,7 +18,10 @@ DDPM or DDIM over ``num_inference_steps``, un-normalise, and return the
 ``Ta`` actions that start at the current step: a window whose first
 observation is step ``t - To + 1`` predicts actions ``t - To + 1 .. t - To + H``,
 so the receding horizon executes entries ``To - 1 .. To + Ta - 2``
-(the reference's ``start = To - 1``).  :meth:`predict_action_sequence` returns
+(the reference's ``start = To - 1``).  With ``action_stride = k > 1`` it
+executes every k-th entry instead, ``To - 2 + k, To - 2 + 2k, ..``
+(``Ta`` of them): the last action of each group of k, so the agent follows
+the same planned path k times faster (the DOT policy's ``return_every_n``).  :meth:`predict_action_sequence` returns
 the whole sequence ``(B, H, Da)`` (for temporal ensembling, ``eval/ensemble.py``).
 """
 from __future__ import annotations
@@ -66,6 +69,7 @@ class PolicyConfig:
     image_feature_dim: int = 64
     fast_unet: bool | str = "auto"      # auto: fast or plain UNet path, measured (policy/execution.py)
     loss: str = "mse"                   # epsilon-prediction loss: "mse" or "l1"
+    action_stride: int = 1              # execute every k-th planned action (k > 1: the plan runs k times faster)
 
     def __post_init__(self) -> None:
         if self.obs_type not in OBS_TYPES:
@@ -77,10 +81,14 @@ class PolicyConfig:
         if self.n_obs_steps < 1 or self.n_action_steps < 1:
             raise ValueError(f"policy: n_obs_steps and n_action_steps must be >= 1, got "
                              f"{self.n_obs_steps} and {self.n_action_steps}")
-        if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
-            raise ValueError(f"policy: n_obs_steps - 1 + n_action_steps "
-                             f"({self.n_obs_steps - 1 + self.n_action_steps}) must not exceed "
-                             f"horizon ({self.horizon})")
+        if isinstance(self.action_stride, bool) or not isinstance(self.action_stride, int) \
+                or self.action_stride < 1:
+            raise ValueError(f"policy.action_stride must be an integer >= 1, got {self.action_stride!r}")
+        if self.n_obs_steps - 1 + self.action_stride * self.n_action_steps > self.horizon:
+            times = "" if self.action_stride == 1 else "action_stride * "
+            raise ValueError(f"policy: n_obs_steps - 1 + {times}n_action_steps "
+                             f"({self.n_obs_steps - 1 + self.action_stride * self.n_action_steps}) must not "
+                             f"exceed horizon ({self.horizon}): the executed actions must lie in the plan")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
             raise ValueError(f"policy.num_inference_steps must be in [1, "
                              f"{self.num_train_timesteps}], got {self.num_inference_steps}")
@@ -263,7 +271,8 @@ class DiffusionPolicy(nn.Module):
                        generator: torch.Generator | None = None, sampler: str | None = None,
                        num_inference_steps: int | None = None,
                        initial_noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Observation history (last ``To`` steps, world units) -> ``(B, Ta, Da)`` actions to execute."""
+        """Observation history (last ``To`` steps, world units) -> ``(B, Ta, Da)`` actions to execute
+        (every ``action_stride``-th entry of the plan from step ``t``; see the module docstring)."""
         seq = self.predict_action_sequence(obs, generator, sampler, num_inference_steps, initial_noise)
-        start = self.config.n_obs_steps - 1
-        return seq[:, start:start + self.config.n_action_steps]
+        k, start = self.config.action_stride, self.config.n_obs_steps - 1
+        return seq[:, start + k - 1:start + k * self.config.n_action_steps:k]

@@ -28,11 +28,11 @@ def test_reads_a_real_report(keypoints_ckpt, tmp_path):
     row = read_report(tmp_path / "ev")
     saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert row.training_seed == 3 and row.step == 7
-    assert row.protocol == ("pusht_keypoints", 100000, 2, 8, "ddim", 3, 8, None, False)
+    assert row.protocol == ("pusht_keypoints", 100000, 2, 8, "ddim", 3, 8, None, False, 1)
     assert row.metrics["score"] == saved["metrics"]["score"]["mean"]
     saved["sampling"]["num_inference_steps"] = 5         # the stored settings win over the rebuilt ones
     (tmp_path / "ev" / "eval.json").write_text(json.dumps(saved))
-    assert read_report(tmp_path / "ev").protocol == ("pusht_keypoints", 100000, 2, 8, "ddim", 5, 8, None, False)
+    assert read_report(tmp_path / "ev").protocol == ("pusht_keypoints", 100000, 2, 8, "ddim", 5, 8, None, False, 1)
 
 
 def test_different_protocols_are_refused(tmp_path):

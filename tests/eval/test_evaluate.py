@@ -87,3 +87,21 @@ def test_actions_per_call_can_be_overridden(keypoints_ckpt, tmp_path):
     with pytest.raises(ConfigError, match="n_action_steps=0: .*must be >= 1"):
         evaluate(_cfg(keypoints_ckpt, tmp_path / "bad", n_action_steps=0))
     assert not (tmp_path / "bad").exists()
+
+
+def test_action_stride_runs_the_plan_faster(keypoints_ckpt, tmp_path):
+    """action_stride=2 alone executes the 7 strided actions that fit in H = 16 (16 steps: 3 calls),
+    recorded in the report; a stride whose actions leave the plan is refused before any output."""
+    rep = evaluate(_cfg(keypoints_ckpt, tmp_path / "k2", n_episodes=1, n_videos=0, latency_calls=0,
+                        action_stride=2))
+    (rollouts,) = [v for k, v in rep["latency"].items() if "rollouts" in k]
+    assert rollouts["n"] == 3
+    assert rep["sampling"] == {"sampler": "ddim", "num_inference_steps": 3, "n_action_steps": 7, "action_stride": 2}
+    assert "| 7 actions per call, action stride 2 |" in (tmp_path / "k2" / "eval.md").read_text()
+    with pytest.raises(ConfigError, match=r"n_action_steps=8, action_stride=2: .*must not exceed horizon"):
+        evaluate(_cfg(keypoints_ckpt, tmp_path / "bad", n_action_steps=8, action_stride=2))
+    with pytest.raises(ConfigError, match="action_stride must be >= 1 or null, got 0"):
+        evaluate(_cfg(keypoints_ckpt, tmp_path / "bad", action_stride=0))
+    with pytest.raises(ConfigError, match="action_stride=2 does not apply with temporal_ensemble"):
+        evaluate(_cfg(keypoints_ckpt, tmp_path / "bad", action_stride=2, temporal_ensemble=0.1))
+    assert not (tmp_path / "bad").exists()

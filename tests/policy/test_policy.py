@@ -46,6 +46,19 @@ def test_predict_action_executes_the_receding_horizon_slice(monkeypatch):
     assert out[0, :, 0].tolist() == [2.0, 3.0, 4.0, 5.0, 6.0]   # entries To-1 .. To+Ta-2
 
 
+def test_action_stride_executes_every_kth_planned_action(monkeypatch):
+    """k = 2, To = 2, Ta = 7: the last action of each pair, entries 2, 4, .., 14 of 16."""
+    policy = _lowdim_policy(n_obs_steps=2, n_action_steps=7, action_stride=2)
+    seq = torch.arange(16.0).reshape(1, 16, 1).repeat(2, 1, 2)
+    monkeypatch.setattr(policy, "sample_actions", lambda *a, **k: seq)
+    assert policy.predict_action(torch.rand(2, 2, 20))[0, :, 0].tolist() == [2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0]
+    with pytest.raises(ValueError, match=r"1 \+ action_stride \* n_action_steps \(17\) must not exceed horizon \(16\)"):
+        PolicyConfig(n_action_steps=8, action_stride=2)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="policy.action_stride must be an integer >= 1"):
+            PolicyConfig(action_stride=bad)
+
+
 @pytest.fixture(scope="module")
 def overfit():
     """A small policy trained on 3 observation -> trajectory pairs (a few seconds)."""
