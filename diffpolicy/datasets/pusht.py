@@ -170,7 +170,7 @@ def pusht_loader(data: PushTData, batch_size: int = 256, split: str = "train", v
                  seed: int = 42, max_train_episodes: int | None = None, horizon: int = 16,
                  n_obs_steps: int = 2, n_action_steps: int = 8, crop: int | None = None,
                  shuffle: bool | None = None, drop_last: bool = False,
-                 device: str | torch.device | None = None) -> BatchLoader:
+                 device: str | torch.device | None = None, frame_stride: int = 1) -> BatchLoader:
     """Batches of windows for training (``split="train"``), validation ("val") or all episodes ("all").
 
     Each batch (raw units; normalise in the policy with ``fit_normalizer``'s result):
@@ -181,12 +181,15 @@ def pusht_loader(data: PushTData, batch_size: int = 256, split: str = "train", v
     The split is by episode (``split_episodes``: ``val_ratio``, ``seed``, ``max_train_episodes``;
     the original used 0.02, 42 and 90).  ``shuffle`` defaults to True for "train" only.
     ``device`` moves the frames there once (e.g. "cuda"); batches are then gathered on it.
+    ``frame_stride = k`` takes every k-th frame of the episodes (all k phases): a policy
+    trained on it plans and moves k times faster than the demonstrator.
     """
     train_mask, val_mask = split_episodes(data.n_episodes, val_ratio, seed, max_train_episodes)
     masks = {"train": train_mask, "val": val_mask, "all": np.ones(data.n_episodes, dtype=bool)}
     if split not in masks:
         raise DatasetError(f"split must be one of {list(masks)}, got {split!r}")
-    windows = SequenceWindows(data.episode_ends, horizon, n_obs_steps, n_action_steps, masks[split])
+    windows = SequenceWindows(data.episode_ends, horizon, n_obs_steps, n_action_steps, masks[split],
+                              frame_stride)
     frames = data.frames if device is None else {k: v.to(device) for k, v in data.frames.items()}
     n_frames = {k: (horizon if k == "action" else n_obs_steps) for k in frames}
     if data.task == "image":

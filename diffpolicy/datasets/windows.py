@@ -1,6 +1,8 @@
 """Sequence windows over concatenated episodes, and a vectorised batch loader.
 
-A window is H consecutive frames of one episode.  With the reference padding
+A window is H consecutive frames of one episode (or, with ``frame_stride = k``,
+H frames k apart: ``s, s + k, .., s + k (H - 1)``, one window for every start
+``s``, so every phase of the subsampled episode is used).  With the reference padding
 (pad_before = To - 1, pad_after = Ta - 1) an episode of length L has windows
 starting at s = -pad_before .. L - H + pad_after; frame s + j of a window is
 clamped to [0, L - 1], i.e. the first / last frame repeats.  So the first
@@ -59,14 +61,17 @@ def split_episodes(n_episodes: int, val_ratio: float = 0.02, seed: int = 42,
 
 
 def window_indices(episode_ends: np.ndarray, horizon: int, pad_before: int, pad_after: int,
-                   episode_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   episode_mask: np.ndarray | None = None,
+                   frame_stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Every valid window of the selected episodes, padding included.
 
     Args:
         episode_ends: (E,) exclusive end of each episode in the concatenated frames.
         horizon: H, frames per window.
-        pad_before, pad_after: how far windows may start before frame 0 / end after the last frame.
+        pad_before, pad_after: how far windows may start before frame 0 / end after the last
+            frame, in window positions (``frame_stride`` frames each).
         episode_mask: (E,) bool, episodes to use (default all).
+        frame_stride: k, frames between consecutive window positions.
     Returns:
         indices: (N, H) int64 global frame index of each window position.
         episode: (N,) int64 episode of each window.
@@ -80,11 +85,14 @@ def window_indices(episode_ends: np.ndarray, horizon: int, pad_before: int, pad_
         if mask.shape != ends.shape:
             raise DatasetError(f"episode_mask has shape {mask.shape}, expected {ends.shape}")
         episodes = episodes[mask]
-    n_win = np.maximum(lengths[episodes] - horizon + pad_before + pad_after + 1, 0)
+    k = frame_stride
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise DatasetError(f"frame_stride must be an integer >= 1, got {frame_stride!r}")
+    n_win = np.maximum(lengths[episodes] - k * (horizon - 1 - pad_before - pad_after), 0)
     ep = np.repeat(episodes, n_win)                                 # (N,)
     first = np.repeat(np.cumsum(n_win) - n_win, n_win)             # (N,) index of the episode's first window
-    rel_start = np.arange(len(ep)) - first - pad_before             # (N,) window start within its episode
-    rel = rel_start[:, None] + np.arange(horizon)[None, :]          # (N, H)
+    rel_start = np.arange(len(ep)) - first - k * pad_before         # (N,) window start within its episode
+    rel = rel_start[:, None] + k * np.arange(horizon)[None, :]      # (N, H)
     rel = np.clip(rel, 0, lengths[ep][:, None] - 1)                 # edge frames repeat
     return rel + starts[ep][:, None], ep.astype(np.int64)
 
@@ -96,10 +104,12 @@ class SequenceWindows:
         indices: (N, H) int64 tensor of global frame indices.
         episode: (N,) int64 tensor, episode of each window.
         horizon, n_obs_steps, n_action_steps, pad_before (= To - 1), pad_after (= Ta - 1).
+
+    ``frame_stride = k``: window positions are k frames apart (see the module docstring).
     """
 
     def __init__(self, episode_ends: np.ndarray, horizon: int = 16, n_obs_steps: int = 2,
-                 n_action_steps: int = 8, episode_mask: np.ndarray | None = None):
+                 n_action_steps: int = 8, episode_mask: np.ndarray | None = None, frame_stride: int = 1):
         if min(horizon, n_obs_steps, n_action_steps) < 1:
             raise DatasetError(f"horizon, n_obs_steps, n_action_steps must be >= 1, "
                                f"got {horizon}, {n_obs_steps}, {n_action_steps}")
@@ -108,7 +118,8 @@ class SequenceWindows:
                                f"exceeds horizon {horizon}: the executed actions must lie in the window")
         self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
         self.pad_before, self.pad_after = n_obs_steps - 1, n_action_steps - 1
-        idx, ep = window_indices(episode_ends, horizon, self.pad_before, self.pad_after, episode_mask)
+        idx, ep = window_indices(episode_ends, horizon, self.pad_before, self.pad_after, episode_mask,
+                                 frame_stride)
         self.indices = torch.from_numpy(idx)
         self.episode = torch.from_numpy(ep)
 

@@ -46,6 +46,7 @@ class TaskConfig:
     val_ratio: float = 0.02
     split_seed: int = 42
     max_train_episodes: int | None = None
+    frame_stride: int = 1               # train on every k-th demo frame: the policy moves k times faster
 
 
 @dataclass
@@ -196,6 +197,8 @@ def check_train_config(cfg: Mapping[str, Any]) -> TrainConfig:
                       **{k: cfg[k] for k in ("seed", "device", "run_dir", "resume") if k in cfg})
     if task.obs_type not in TASK_OBS_TYPES:
         raise ConfigError(f"task.obs_type must be one of {TASK_OBS_TYPES}, got {task.obs_type!r}")
+    if task.frame_stride < 1:
+        raise ConfigError(f"task.frame_stride must be >= 1, got {task.frame_stride}")
     t = training
     if (t.max_steps is None) == (t.max_epochs is None):
         raise ConfigError(f"set exactly one of training.max_steps and training.max_epochs "

@@ -176,3 +176,27 @@ def test_loader_input_errors():
         BatchLoader({"a": torch.zeros(10, 1)}, w)
     with pytest.raises(DatasetError, match="batch_size must be >= 1"):
         BatchLoader({"a": torch.zeros(20, 1)}, w, batch_size=0)
+
+
+@pytest.mark.parametrize("k,H,To,Ta", [(2, 16, 2, 8), (3, 4, 1, 1), (2, 6, 3, 2)])
+def test_frame_stride_windows_are_every_kth_frame_with_reference_padding(k, H, To, Ta):
+    """A stride-k window is the reference window of the episode subsampled at its start's phase:
+    positions s, s + k, .. (edge frames repeated), one window per start s, never across episodes."""
+    rng = np.random.default_rng(k * 1000 + H)
+    lengths = rng.integers(1, 60, size=10)
+    ends = np.cumsum(lengths)
+    frames = np.arange(int(ends[-1]), dtype=np.float64)[:, None]
+    w = SequenceWindows(ends, H, To, Ta, frame_stride=k)
+    got = w.gather(torch.from_numpy(frames), torch.arange(len(w))).numpy()[..., 0]
+    expect = []
+    for s0, L in zip(np.concatenate([[0], ends[:-1]]), lengths):
+        for s in range(-k * (To - 1), L - k * (H - Ta)):   # the last action position ends <= k (Ta - 1) past the end
+            expect.append([s0 + min(max(s + k * j, 0), L - 1) for j in range(H)])
+    np.testing.assert_array_equal(got, np.asarray(expect, dtype=np.float64).reshape(-1, H))
+    assert len(SequenceWindows(ends, H, To, Ta, frame_stride=1)) >= len(w)
+
+
+def test_frame_stride_must_be_a_positive_integer():
+    for bad in (0, 1.5, True):
+        with pytest.raises(DatasetError, match="frame_stride must be an integer >= 1"):
+            window_indices(np.array([10]), 4, 1, 1, frame_stride=bad)
