@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from diffpolicy.eval.options import check_eval_config, check_output_dir
 from diffpolicy.eval.rollout import obs_to_policy, make_env, run_rollouts
 from diffpolicy.eval.video import frame_grid, write_video
 from diffpolicy.policy.checkpoint import CheckpointError, load_checkpoint
-from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig, with_execution
 from diffpolicy.policy.pretrained import is_pretrained_path, load_pretrained
 from diffpolicy.policy.run_config import ConfigError, to_plain_config
 from diffpolicy.speed import machine_info
@@ -100,27 +100,6 @@ def measure_latency(policy: DiffusionPolicy, obs_type: str, calls: int, device: 
     return times
 
 
-def execution_config(config: PolicyConfig, n_action_steps: int | None,
-                     action_stride: int | None) -> PolicyConfig:
-    """``config`` with the evaluation's actions per call and action stride where they are set.
-
-    With only ``action_stride=k`` set, ``n_action_steps`` becomes the most that fit in
-    the plan (``(H - To + 1) // k``), at most the checkpoint's own.  Raises
-    :class:`ConfigError` naming the keys when the executed actions leave the plan.
-    """
-    if n_action_steps is None and action_stride is None:
-        return config
-    k = config.action_stride if action_stride is None else int(action_stride)
-    ta = int(n_action_steps) if n_action_steps is not None else \
-        max(1, min(config.n_action_steps, (config.horizon - config.n_obs_steps + 1) // k))
-    try:
-        return replace(config, n_action_steps=ta, action_stride=k)
-    except ValueError as exc:
-        given = {"n_action_steps": n_action_steps, "action_stride": action_stride}
-        keys = ", ".join(f"{key}={v}" for key, v in given.items() if v is not None)
-        raise ConfigError(f"{keys}: {exc}") from None
-
-
 def evaluate(cfg: Any) -> dict:
     """Run the evaluation described by ``cfg`` (see ``diffpolicy/configs/evaluation/eval.yaml``); returns the report."""
 
@@ -134,7 +113,12 @@ def evaluate(cfg: Any) -> dict:
     if c["num_inference_steps"] is not None and c["num_inference_steps"] > steps:
         raise ConfigError(f"num_inference_steps must be in [1, {steps}] (the checkpoint's num_train_timesteps) "
                           f"or null, got {c['num_inference_steps']}")
-    policy.config = execution_config(policy.config, c.get("n_action_steps"), c.get("action_stride"))
+    if c.get("n_action_steps") is not None or c.get("action_stride") is not None:
+        try:
+            policy.config = with_execution(policy.config, c.get("n_action_steps"), c.get("action_stride"))
+        except ValueError as exc:
+            given = {k: c[k] for k in ("n_action_steps", "action_stride") if c.get(k) is not None}
+            raise ConfigError(", ".join(f"{k}={v}" for k, v in given.items()) + f": {exc}") from None
     try:
         coef, replan = check_ensemble_options(c.get("temporal_ensemble"), c.get("replan_every"),
                                               policy.config.horizon, policy.config.n_obs_steps)

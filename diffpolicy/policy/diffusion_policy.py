@@ -26,7 +26,7 @@ the whole sequence ``(B, H, Da)`` (for temporal ensembling, ``eval/ensemble.py``
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -106,6 +106,22 @@ class PolicyConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def with_execution(config: PolicyConfig, n_action_steps: int | None = None,
+                   action_stride: int | None = None) -> PolicyConfig:
+    """``config`` with other actions per call and action stride (None: keep the config's).
+
+    With only ``action_stride=k`` given, ``n_action_steps`` becomes the most that fit in
+    the plan, ``(H - To + 1) // k``, at most the config's own.  Raises ``ValueError``
+    (from :class:`PolicyConfig`) when the executed actions leave the plan.
+    """
+    k = config.action_stride if action_stride is None else action_stride
+    if n_action_steps is None:
+        n_action_steps = config.n_action_steps
+        if action_stride is not None and isinstance(k, int) and k >= 1:
+            n_action_steps = max(1, min(n_action_steps, (config.horizon - config.n_obs_steps + 1) // k))
+    return replace(config, n_action_steps=n_action_steps, action_stride=k)
 
 
 class DiffusionPolicy(nn.Module):

@@ -17,6 +17,7 @@ every tensor's name and shape against the policy ``policy_config`` builds, and t
 Command line::
 
     diffpolicy-export [export] CHECKPOINT OUT_DIR [--raw] [--overwrite] [--name NAME]
+                      [--action-stride K] [--n-action-steps N]
     python -m diffpolicy.policy.pretrained export CHECKPOINT OUT_DIR ...
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from safetensors.torch import save as save_safetensors
 
 from diffpolicy.datasets.normalizer import STAT_NAMES
 from diffpolicy.policy.checkpoint import CheckpointError, atomic_write, load_checkpoint
-from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig, with_execution
 
 FORMAT = "diffpolicy-pretrained"
 FORMAT_VERSION = 1
@@ -49,12 +50,15 @@ _SHOWN = 3  # offending tensor names shown per kind
 
 
 def export_pretrained(checkpoint_path: str | Path, out_dir: str | Path, use_ema: bool = True,
-                      name: str | None = None, overwrite: bool = False) -> Path:
+                      name: str | None = None, overwrite: bool = False,
+                      n_action_steps: int | None = None, action_stride: int | None = None) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` from a training checkpoint.
 
     ``use_ema`` picks the EMA weights (default) or the raw ones; ``name`` (default: the
-    folder's name) is recorded in config.json.  An ``out_dir`` that exists and is not
-    empty is refused unless ``overwrite``.  Returns ``out_dir``.
+    folder's name) is recorded in config.json.  ``n_action_steps`` / ``action_stride``
+    (None: the checkpoint's) set how the exported policy executes its plans
+    (:func:`~diffpolicy.policy.diffusion_policy.with_execution`).  An ``out_dir`` that
+    exists and is not empty is refused unless ``overwrite``.  Returns ``out_dir``.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -69,6 +73,11 @@ def export_pretrained(checkpoint_path: str | Path, out_dir: str | Path, use_ema:
                               f"weights with use_ema=False / --raw")
     state = ckpt["ema"]["averaged"] if use_ema else ckpt["model"]
     policy = _build_policy(ckpt["policy_config"], where)
+    try:
+        policy.config = with_execution(policy.config, n_action_steps, action_stride)
+    except ValueError as exc:
+        raise CheckpointError(f"cannot export {where} with n_action_steps={n_action_steps}, "
+                              f"action_stride={action_stride}: {exc}") from None
     tensors = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
                for k, v in state.items()}
     _check_tensors(tensors, policy, where)
@@ -217,7 +226,8 @@ def _check_tensors(tensors: dict[str, torch.Tensor], policy: DiffusionPolicy, wh
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``diffpolicy-export [export] CHECKPOINT OUT_DIR [--raw] [--overwrite] [--name NAME]``."""
+    """``diffpolicy-export [export] CHECKPOINT OUT_DIR [--raw] [--overwrite] [--name NAME]
+    [--action-stride K] [--n-action-steps N]``."""
     import sys  # noqa: PLC0415
 
     from diffpolicy.cli._errors import run_cli  # noqa: PLC0415 (the policy package needs no CLI)
@@ -227,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
         argv = argv[1:]
     parser = argparse.ArgumentParser(
         prog="diffpolicy-export",
-        usage="diffpolicy-export [export] CHECKPOINT OUT_DIR [--raw] [--overwrite] [--name NAME]",
+        usage="diffpolicy-export [export] CHECKPOINT OUT_DIR [--raw] [--overwrite] [--name NAME] "
+              "[--action-stride K] [--n-action-steps N]",
         description="Export the inference part of a training checkpoint as a pretrained folder "
                     f"({WEIGHTS_NAME} + {CONFIG_NAME}, no pickle).")
     parser.add_argument("checkpoint", help="a .pt file written by diffpolicy-train")
@@ -235,11 +246,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--raw", action="store_true", help="export the raw weights, not the EMA ones")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     parser.add_argument("--name", default=None, help="name recorded in config.json (default: the folder's)")
+    parser.add_argument("--action-stride", type=int, default=None,
+                        help="execute every K-th planned action (default: the checkpoint's)")
+    parser.add_argument("--n-action-steps", type=int, default=None,
+                        help="actions executed per policy call (default: the checkpoint's, or with "
+                             "--action-stride alone the most that fit in the plan)")
     args = parser.parse_args(argv)
 
     def export() -> None:
         out = export_pretrained(args.checkpoint, args.out_dir, use_ema=not args.raw, name=args.name,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, n_action_steps=args.n_action_steps,
+                                action_stride=args.action_stride)
         config = read_config(out / CONFIG_NAME)
         print(f"[export] {out}: {config['task']}, step {config['step']}, "
               f"{'EMA' if config['ema_weights'] else 'raw'} weights, sha256 {config['model_sha256'][:12]}")

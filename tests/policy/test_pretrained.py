@@ -214,3 +214,17 @@ def test_cli_refuses_a_missing_checkpoint_in_one_line(tmp_path, cmd):
 def test_export_leaves_the_kernel_choice_to_the_loading_machine(ckpt, folder):
     assert load_checkpoint(ckpt)["policy_config"]["fast_unet"] is not None
     assert json.loads((folder / "config.json").read_text())["policy_config"]["fast_unet"] == "auto"
+
+
+def test_export_sets_how_the_policy_executes(ckpt, tmp_path):
+    """--action-stride 2 alone: every 2nd planned action, 7 per call (all that fit in H = 16),
+    stored in config.json and used by the loaded policy; a stride that leaves the plan is refused."""
+    out = export_pretrained(ckpt, tmp_path / "fast", action_stride=2)
+    policy, info = load_pretrained(out)
+    assert (policy.config.action_stride, policy.config.n_action_steps) == (2, 7)
+    assert info["policy_config"]["action_stride"] == 2
+    full = policy.predict_action_sequence(_obs(), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(policy.predict_action(_obs(), generator=torch.Generator().manual_seed(0)), full[:, 2:15:2])
+    with pytest.raises(CheckpointError, match="n_action_steps=8, action_stride=2: .*must not exceed horizon"):
+        export_pretrained(ckpt, tmp_path / "bad", n_action_steps=8, action_stride=2)
+    assert not (tmp_path / "bad").exists()
