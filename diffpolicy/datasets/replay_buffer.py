@@ -14,12 +14,20 @@ checks everything.
 Appending is crash-safe: ``add_episode`` first records the pre-append size in
 the root attributes, then writes the data arrays, then the new episode end,
 then clears the record.  A store opened later with that record still present
-was interrupted mid-append: ``mode="a"`` rolls it back, ``mode="r"`` shows the
+was interrupted mid-append: ``mode="a"`` rolls it back (and removes the
+temporary ``*.partial`` files of killed chunk writes), ``mode="r"`` shows the
 pre-append view and warns.  Each file write of zarr's local store is atomic
 (temp file + rename), so the record itself is never half-written.
+``repair_store`` does the roll-back for a store that only ever gets opened
+read-only (``diffpolicy-data repair PATH``).
 """
 from __future__ import annotations
 
+import asyncio
+import itertools
+import math
+import os
+import re
 import warnings
 from pathlib import Path
 from typing import Iterator, Mapping, NamedTuple, Sequence
@@ -28,6 +36,7 @@ import numcodecs
 import numpy as np
 import zarr
 import zarr.codecs
+from zarr.core.sync import sync as zarr_sync
 
 from diffpolicy.datasets.errors import CorruptDataError, DatasetError, ReadOnlyStoreError
 
@@ -35,6 +44,7 @@ PENDING_ATTR = "diffpolicy_pending_append"
 CHUNK_BYTES = 8 << 20      # target uncompressed bytes per chunk when we create arrays
 MAX_CHUNK_STEPS = 4096     # ... but never more steps than this per chunk
 READ_BLOCK_BYTES = 64 << 20  # read (and check) this much at a time
+PARTIAL_RE = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr's local store: <key>.<uuid hex>.partial
 
 
 class ArraySpec(NamedTuple):
@@ -139,7 +149,9 @@ class ReplayBuffer:
             arrays = dict(data.arrays()) if isinstance(data, zarr.Group) else {}
             pending = self._root.attrs.get(PENDING_ATTR)
         except Exception as e:
-            raise DatasetError(f"{p}: cannot read zarr metadata ({type(e).__name__}: {e})") from e
+            node = self._unreadable_node()
+            where = f" of {node}" if node else ""
+            raise DatasetError(f"{p}: cannot read zarr metadata{where} ({type(e).__name__}: {e})") from e
         if not isinstance(meta, zarr.Group):
             raise DatasetError(f"{p}: missing group meta/ (expected meta/episode_ends)")
         if not isinstance(ends_arr, zarr.Array):
@@ -179,8 +191,9 @@ class ReplayBuffer:
         for key, arr in arrays.items():
             if arr.ndim == 0:
                 raise DatasetError(f"{p}: data/{key} is a scalar; expected an array with steps on axis 0")
-        if not self.allow_missing_chunks:
-            self._check_chunks_present(arrays, ends_arr)
+        if not self.allow_missing_chunks:  # an interrupted append may have grown arrays past n_steps
+            self._check_chunks_present([(f"data/{k}", a, n_steps) for k, a in arrays.items()]
+                                       + [("meta/episode_ends", ends_arr, len(ends))])
         lengths = {k: int(a.shape[0]) for k, a in arrays.items()}
         if pending is None and len(set(lengths.values())) > 1:
             desc = ", ".join(f"data/{k} has {n}" for k, n in sorted(lengths.items()))
@@ -191,22 +204,38 @@ class ReplayBuffer:
                                    f"{n} steps (they must be equal)")
         self._ends = ends
 
-    def _check_chunks_present(self, arrays: Mapping[str, zarr.Array], ends_arr: zarr.Array) -> None:
-        """Raise ``CorruptDataError`` when a chunk file is missing: zarr would silently read it
-        as fill values (zeros).  Our writer stores every chunk (``write_empty_chunks``), and so
-        does the published set, so a missing one means a damaged copy.  Costs one listing."""
-        named = [(f"data/{k}", a) for k, a in arrays.items()] + [("meta/episode_ends", ends_arr)]
-        for name, arr in named:
+    def _unreadable_node(self) -> str | None:
+        """``meta``, ``data`` or one of their members, with its metadata file
+        (e.g. ``data/state/.zarray``): the first whose zarr metadata cannot be read, or None."""
+        for group in ("meta", "data"):
+            folder = self.path / group
+            members = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
+            for node in [group] + [f"{group}/{m}" for m in members]:
+                try:
+                    self._root.get(node)
+                except Exception:
+                    files = [f for f in ("zarr.json", ".zarray", ".zgroup") if (self.path / node / f).exists()]
+                    return f"{node}/{files[0]}" if files else node
+        return None
+
+    def _check_chunks_present(self, named: Sequence[tuple[str, zarr.Array, int]]) -> None:
+        """Raise ``CorruptDataError`` when a chunk file holding one of the first ``rows`` steps of
+        an array ``(name, array, rows)`` is missing: zarr would silently read it as fill values
+        (zeros).  Our writer stores every chunk (``write_empty_chunks``), and so does the
+        published set, so a missing one means a damaged copy.  Steps past ``rows`` (those of an
+        interrupted append) are not shown, so their chunks may be missing.  One stat per chunk."""
+        for name, arr, rows in named:
             try:
-                present, expected = int(arr.nchunks_initialized), int(arr.nchunks)
+                keys = _chunk_keys(arr, rows)
+                missing = [k for k in keys if not (self.path / name / k).is_file()]
             except Exception as e:
                 raise DatasetError(f"{self.path}: cannot list the chunks of {name} "
                                    f"({type(e).__name__}: {e})") from e
-            if present < expected:
-                raise CorruptDataError(f"{self.path}: {name} has {present} of its {expected} chunk "
-                                       f"files; {expected - present} are missing (a partial copy?). "
-                                       f"If the store was written with write_empty_chunks=False, "
-                                       f"open it with allow_missing_chunks=True")
+            if missing:
+                raise CorruptDataError(f"{self.path}: {name} has {len(keys) - len(missing)} of its "
+                                       f"{len(keys)} chunk files; {len(missing)} are missing (first: "
+                                       f"'{missing[0]}'; a partial copy?). If the store was written with "
+                                       f"write_empty_chunks=False, open it with allow_missing_chunks=True")
 
     def check_schema(self, schema: Mapping[str, ArraySpec], what: str = "this task") -> None:
         """Raise ``DatasetError`` unless every ``data/<key>`` of ``schema`` exists with the
@@ -277,6 +306,7 @@ class ReplayBuffer:
         try:
             return np.asarray(arr[start:stop])
         except Exception as e:
+            _settle_pending_reads()
             step = int(arr.chunks[0])
             for c0 in range(start - start % step, stop, step):  # find the first bad chunk
                 try:
@@ -459,5 +489,74 @@ class ReplayBuffer:
         if ends_arr.shape[0] != n_episodes:
             ends_arr.resize((n_episodes,))
         self._arrays = dict(data.arrays())
+        remove_partial_files(self.path)
         if PENDING_ATTR in self._root.attrs:
             del self._root.attrs[PENDING_ATTR]
+
+
+def _settle_pending_reads() -> None:
+    """Wait for the chunk reads zarr's event loop still runs after one of them failed: left
+    running, they fail at interpreter exit with pages of asyncio "exception was never
+    retrieved" noise under the one-line error."""
+    async def settle() -> None:
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await asyncio.gather(*others, return_exceptions=True)
+    zarr_sync(settle())
+
+
+def _chunk_keys(arr: zarr.Array, rows: int) -> list[str]:
+    """Store keys (relative to the array's folder) of the chunks, or shards, that hold
+    ``arr[:rows]``."""
+    step = arr.shards or arr.chunks
+    grid = [math.ceil(rows / step[0])] + [math.ceil(n / c) for n, c in zip(arr.shape[1:], step[1:])]
+    return [arr.metadata.encode_chunk_key(c) for c in itertools.product(*map(range, grid))]
+
+
+def partial_files(path: str | Path) -> list[Path]:
+    """zarr's temporary ``<key>.<uuid>.partial`` files under the store ``path``: what chunk
+    and metadata writes killed mid-way (``kill -9``) leave behind."""
+    return sorted(p for p in Path(path).rglob("*.partial") if PARTIAL_RE.search(p.name) and p.is_file())
+
+
+def remove_partial_files(path: str | Path) -> tuple[int, int]:
+    """Delete :func:`partial_files`; returns ``(files removed, bytes freed)``.  Only while no
+    other process writes to the store."""
+    found = partial_files(path)
+    freed = sum(p.stat().st_size for p in found)
+    for p in found:
+        p.unlink()
+    return len(found), freed
+
+
+def repair_store(path: str | Path) -> list[str]:
+    """Undo what killed appends leave in the store at ``path``: roll back an interrupted
+    append (arrays truncated to the committed ``meta/episode_ends``) and delete leftover
+    ``*.partial`` files.  Returns one line per thing done (empty: nothing needed it).
+
+    Raises ``ReadOnlyStoreError`` for a store without write permission (read-only input
+    such as a shared copy, even for root: copy it and repair the copy), and
+    ``DatasetError`` for damage a roll-back cannot undo.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: replay buffer not found")
+    if not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222:
+        raise ReadOnlyStoreError(f"{path}: the store is read-only (no write permission); repair writes "
+                                 f"into it, so copy it (cp -r) and repair the copy")
+    try:
+        pending = zarr.open_group(str(path), mode="r").attrs.get(PENDING_ATTR)
+    except Exception as e:  # zarr raises several types for a missing/garbled group
+        raise DatasetError(f"{path}: not a readable zarr group ({type(e).__name__}: {e})") from e
+    done, found = [], partial_files(path)
+    n_bytes = sum(p.stat().st_size for p in found)
+    if pending is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rb = ReplayBuffer.open(path, mode="a")          # rolls back, removes *.partial
+        done.append(f"rolled back an interrupted append: kept the {rb.n_episodes} committed episodes "
+                    f"({rb.n_steps} steps), arrays truncated to them")
+    remove_partial_files(path)
+    if found:
+        done.append(f"removed {len(found)} temporary file{'s' if len(found) > 1 else ''} of killed writes "
+                    f"(*.partial, {n_bytes:,} bytes)")
+    return done

@@ -433,3 +433,55 @@ def test_copy_of_published_store_appends(pusht_zarr, tmp_path):
     got = rb.get_episode(206)
     for k in ep:
         np.testing.assert_array_equal(got[k], ep[k])
+
+
+GROW_AND_DIE = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    from diffpolicy.datasets.replay_buffer import ReplayBuffer
+    def write_key(self, key, start, values):   # grow every array, write one chunk of one, die
+        arr = self._arrays[key]
+        arr.resize((start + len(values),) + tuple(arr.shape[1:]))
+        if key == "state":
+            arr[start:start + 1] = values[:1]
+            (self.path / "data" / key / ("1.0." + "ab" * 16 + ".partial")).write_bytes(b"torn")
+            os._exit(9)
+    ReplayBuffer._write_key = write_key
+    rb = ReplayBuffer.open(sys.argv[1], mode="a")
+    rb.add_episode({k: np.ones((10000,) + v, np.float32)
+                    for k, v in [("state", (5,)), ("action", (2,)), ("keypoint", (9, 2)), ("n_contacts", (1,))]})
+""")
+
+
+def test_append_killed_after_growing_arrays_opens_read_only_and_repairs(tmp_path):
+    """A kill mid-append leaves arrays grown past the committed size with chunks missing there,
+    and zarr's *.partial temp files: read-only opening shows the committed episodes (the chunk
+    check covers only them); repair_store truncates the arrays and removes the temp files."""
+    from diffpolicy.datasets.replay_buffer import partial_files, repair_store
+    path = tmp_path / "grown.zarr"
+    episodes = write_store(path, zarr_format=2, with_img=False)
+    before = _physical(path)
+    script = tmp_path / "grow.py"
+    script.write_text(GROW_AND_DIE)
+    proc = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    assert zarr.open_group(str(path), mode="r")["data/state"].shape[0] == 10024
+    assert partial_files(path)
+    with pytest.warns(UserWarning, match=r"append was interrupted.*\(3 episodes\)"):
+        rb = ReplayBuffer.open(path, mode="r", verify=True)
+    assert rb.n_steps == 24
+    np.testing.assert_array_equal(rb.read("state"), np.concatenate([e["state"] for e in episodes]))
+    done = repair_store(path)
+    assert len(done) == 2 and "3 committed episodes (24 steps)" in done[0] and "removed 1 temporary" in done[1]
+    assert _physical(path) == before and not partial_files(path)
+    assert repair_store(path) == []                     # nothing left to do
+    ReplayBuffer.open(path).verify()
+
+
+def test_repair_refuses_a_read_only_store(pusht_zarr):
+    from diffpolicy.datasets.replay_buffer import repair_store
+    before = _snapshot(pusht_zarr)
+    with pytest.raises(ReadOnlyStoreError, match="read-only .*copy it"):
+        repair_store(pusht_zarr)
+    assert _snapshot(pusht_zarr) == before
