@@ -1,4 +1,4 @@
-"""``python -m diffpolicy.datasets info|download``: see ``diffpolicy.datasets.pusht.main``."""
-from diffpolicy.datasets.pusht import main
+"""``python -m diffpolicy.datasets info|verify|repair|download``: see ``diffpolicy.cli.data``."""
+from diffpolicy.cli.data import main
 
 raise SystemExit(main())

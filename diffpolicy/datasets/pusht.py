@@ -20,14 +20,14 @@ Where the data is: an explicit ``path``; else ``diffpolicy.paths.pusht_zarr_path
 (``$DIFFPOLICY_DATA``, then ``../shared/data``, then ``./data``, each followed by
 ``pusht/pusht_cchi_v7_replay.zarr``); ``download_pusht`` fetches the official archive.
 
-Command line::
+Command line (``diffpolicy.cli.data``)::
 
-    python -m diffpolicy.datasets info [--path STORE]
-    python -m diffpolicy.datasets download [--dest DATA_ROOT]
+    diffpolicy-data info|verify [--path STORE]
+    diffpolicy-data repair STORE
+    diffpolicy-data download [--dest DATA_ROOT]
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import tempfile
@@ -338,28 +338,3 @@ def _safe_unzip(archive: Path, out: Path) -> None:
             if target != out and out not in target.parents:
                 raise DatasetError(f"{archive}: member {name!r} would extract outside {out}")
         zf.extractall(out)
-
-
-# ---------------------------------------------------------------------- command line
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffpolicy.datasets",
-                                     description="Push-T demo data: inspect or download.")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p_info = sub.add_parser("info", help="validate a store and print its episodes and arrays")
-    p_info.add_argument("--path", type=Path, default=None, help="store (default: %(default)s -> pusht_zarr_path())")
-    p_info.add_argument("--verify", action="store_true", help="also read every value (NaN/inf, corrupt chunks)")
-    p_dl = sub.add_parser("download", help=f"download {PUSHT_URL}")
-    p_dl.add_argument("--dest", type=Path, default=None, help="data root (default: diffpolicy.paths.data_root())")
-    p_dl.add_argument("--url", default=PUSHT_URL)
-    p_dl.add_argument("--sha256", default=None, help="expected SHA-256 of the archive")
-    args = parser.parse_args(argv)
-    if args.cmd == "download":
-        download_pusht(args.dest, args.url, args.sha256)
-        return 0
-    rb = ReplayBuffer.open(args.path or paths.pusht_zarr_path(), mode="r", verify=args.verify)
-    lengths = rb.episode_lengths
-    print(rb)
-    print(f"episode lengths: min {lengths.min()}, max {lengths.max()}, mean {lengths.mean():.1f}")
-    for key, shape in sorted(rb.shapes.items()):
-        print(f"  data/{key}: {shape} {rb.dtypes[key]}")
-    return 0

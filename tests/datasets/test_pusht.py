@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -16,11 +14,9 @@ from diffpolicy import paths
 from diffpolicy.datasets import pusht
 from diffpolicy.datasets.errors import ChecksumError, CorruptDataError, DatasetError
 from diffpolicy.datasets.pusht import (PUSHT_TREE_SHA256, center_crop, download_pusht, fit_normalizer, load_pusht,
-                                       main, pusht_loader, random_crop, tree_sha256)
+                                       pusht_loader, random_crop, tree_sha256)
 from diffpolicy.datasets.replay_buffer import ReplayBuffer
 from zarr_stores import write_store
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -321,20 +317,6 @@ def test_loader_crop_matches_frames(fake_pusht):
             hits = [(y, x) for y in range(13) for x in range(13)
                     if torch.equal(full[b, t, :, y:y + 84, x:x + 84], crops[b, t])]
             assert hits, (b, t)
-
-
-# ---------------------------------------------------------------------- command line
-def test_cli_info(fake_pusht, capsys):
-    assert main(["info", "--path", str(fake_pusht[0]), "--verify"]) == 0
-    out = capsys.readouterr().out
-    assert "episodes=3, steps=68" in out and "min 17, max 31" in out and "data/img: (68, 96, 96, 3) float32" in out
-
-
-def test_cli_module_entry_point(fake_pusht):
-    proc = subprocess.run([sys.executable, "-m", "diffpolicy.datasets", "info", "--path", str(fake_pusht[0])],
-                          capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "episodes=3" in proc.stdout
 
 
 def test_loader_device_and_validation_split(fake_pusht):

@@ -1,0 +1,92 @@
+"""``diffpolicy-data``: inspect, verify, repair or download demo stores.
+
+    diffpolicy-data info [--path STORE] [--verify]   episodes, lengths, arrays (checks the structure)
+    diffpolicy-data verify [--path STORE]            the same, after reading and checking every value
+    diffpolicy-data repair STORE                     roll back a killed append, remove *.partial files
+    diffpolicy-data download [--dest DATA_ROOT]      the official Push-T archive
+
+``--path`` defaults to ``diffpolicy.paths.pusht_zarr_path()``; ``repair`` has no
+default, so it never writes into the shared demo store by accident (and it refuses
+a store without write permission).  Bad input ends with one ``error:`` line and
+exit status 2; warnings (an interrupted append) print as one ``warning:`` line.
+Also runs as ``python -m diffpolicy.datasets``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from diffpolicy import paths
+from diffpolicy.cli._errors import run_cli
+from diffpolicy.datasets.pusht import PUSHT_URL, download_pusht
+from diffpolicy.datasets.replay_buffer import ReplayBuffer, repair_store
+
+
+def print_info(path: Path | None, verify: bool = False) -> None:
+    """Open ``path`` read-only (``verify``: read every value too) and print its summary."""
+    rb = ReplayBuffer.open(path or paths.pusht_zarr_path(), mode="r", verify=verify)
+    print(rb)
+    lengths = rb.episode_lengths
+    if len(lengths):
+        print(f"episode lengths: min {lengths.min()}, max {lengths.max()}, mean {lengths.mean():.1f}")
+    else:
+        print("episode lengths: none (the store has no episodes yet)")
+    for key, shape in sorted(rb.shapes.items()):
+        print(f"  data/{key}: {shape} {rb.dtypes[key]}")
+    if verify:
+        print(f"verified: every value of {len(rb.keys)} arrays decodes and is finite")
+
+
+def repair(path: Path) -> None:
+    """Repair ``path`` (``repair_store``), say what was done, then show the store."""
+    done = repair_store(path)
+    for line in done or ["nothing to repair"]:
+        print(f"{path}: {line}")
+    print_info(path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffpolicy-data",
+                                     description="Push-T demo data: inspect, verify, repair or download.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    default = "store (default: diffpolicy.paths.pusht_zarr_path())"
+    p_info = sub.add_parser("info", help="validate a store's structure and print its episodes and arrays")
+    p_info.add_argument("--path", type=Path, default=None, help=default)
+    p_info.add_argument("--verify", action="store_true", help="also read every value (NaN/inf, corrupt chunks)")
+    p_verify = sub.add_parser("verify", help="info after reading and checking every value")
+    p_verify.add_argument("--path", type=Path, default=None, help=default)
+    p_repair = sub.add_parser("repair", help="roll back an append killed mid-way, remove *.partial files")
+    p_repair.add_argument("path", type=Path, help="a writable store (copy a read-only one first)")
+    p_dl = sub.add_parser("download", help=f"download {PUSHT_URL}")
+    p_dl.add_argument("--dest", type=Path, default=None, help="data root (default: diffpolicy.paths.data_root())")
+    p_dl.add_argument("--url", default=PUSHT_URL)
+    p_dl.add_argument("--sha256", default=None, help="expected SHA-256 of the archive")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if args.cmd == "download":
+                download_pusht(args.dest, args.url, args.sha256)
+            elif args.cmd == "repair":
+                repair(args.path)
+            else:
+                print_info(args.path, verify=args.cmd == "verify" or args.verify)
+        finally:
+            for w in caught:
+                print(f"warning: {w.message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; 0 on success (a user error exits with status 2 and one line)."""
+    args = _parser().parse_args(argv)
+    run_cli(lambda: _run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
