@@ -52,18 +52,52 @@ def safe_load(path: str | Path, what: str = "checkpoint"):
         raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
 
 
+class WriteError(OSError):
+    """A file could not be written (disk full, file too large); the previous file is kept."""
+
+
+class _KeepsWriteError:
+    """A binary file that remembers the ``OSError`` of a failed ``write``: ``torch.save``
+    reports it only as "unexpected pos 12103936 vs 12103828"."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.f, name)
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, flush it to disk, then rename
-    it over ``path``: a crash leaves the old file or the new one, never a torn one."""
+    it over ``path``: a crash leaves the old file or the new one, never a torn one.
+
+    A write the file system refuses (disk full, ``ulimit -f``) raises :class:`WriteError`
+    naming ``path`` and the cause; the previous file is kept and the temporary one removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    f = None
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as raw:
+            f = _KeepsWriteError(raw)
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
+    except Exception as exc:
+        cause = f.error if f is not None and f.error is not None else exc
+        if not isinstance(cause, OSError):
+            raise
+        kept = "the previous file is kept" if path.exists() else "no file was written"
+        raise WriteError(f"cannot write {path}: {cause.strerror or cause} ({kept})") from exc
     finally:
         if tmp.exists():
             tmp.unlink()

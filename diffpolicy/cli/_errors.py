@@ -8,8 +8,10 @@ from typing import Callable
 from diffpolicy.datasets.errors import DatasetError
 from diffpolicy.policy.checkpoint import CheckpointError
 from diffpolicy.policy.run_config import ConfigError
+from diffpolicy.serialization import WriteError
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
+# WriteError: a checkpoint or report the disk refused (full, ulimit -f); the previous file is kept
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError, WriteError)
 
 
 def remove_if_unused(run_dir: str | Path) -> None:

@@ -105,3 +105,38 @@ def test_leftover_temp_files_are_removed(tmp_path):
     (d.folder / "notes.tmp").write_text("mine")
     assert d.remove_temp_files() == (2, 1024)
     assert sorted(p.name for p in d.folder.iterdir()) == ["latest.pt", "notes.tmp"]
+
+
+DISK_FULL_SCRIPT = """
+import resource, sys, torch
+from diffpolicy.cli._errors import run_cli
+from diffpolicy.policy.checkpoint import atomic_save
+path = sys.argv[1]
+atomic_save({"step": 1, "w": torch.zeros(1000)}, path)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))    # like a disk that fills up
+run_cli(lambda: atomic_save({"step": 2, "w": torch.zeros(100_000)}, path))
+"""
+
+
+def test_failed_write_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path):
+    """torch.save hid the cause ("RuntimeError: ... unexpected pos 12103936 vs 12103828")."""
+    import subprocess
+    import sys
+    path = tmp_path / "latest.pt"
+    proc = subprocess.run([sys.executable, "-c", DISK_FULL_SCRIPT, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"error: cannot write {path}: File too large (the previous file is kept)\n"
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+def test_failed_write_without_a_previous_file(tmp_path, monkeypatch):
+    def full_disk(obj, f):
+        f.write(b"x" * 10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"cannot write .*best\.pt: No space left on device \(no file was written\)"):
+        atomic_save(_ckpt(), tmp_path / "best.pt")
+    assert list(tmp_path.iterdir()) == []
