@@ -12,7 +12,9 @@ What a run writes to ``run_dir``::
     .lock                  pid and start time of the run holding the folder (policy/run_lock.py;
                            a second run into the folder is refused; removed at the end)
     config.yaml            the resolved config
-    metrics.csv            step, epoch, loss, lr, samples/s, val loss, eval score ...
+    metrics.csv            step, epoch, loss, loss_steps, lr, samples/s, val loss, eval score ...
+                           (loss: the mean over the loss_steps steps since the previous row; fewer
+                           than log_every in the first row after a resume and at the end)
     tb/                    TensorBoard events (only when tensorboard is installed)
     checkpoints/latest.pt  every ``checkpoint_every`` steps and at the end (leftover
                            ``*.tmp-<pid>`` files of killed writes are removed at start)
@@ -52,7 +54,7 @@ from diffpolicy.policy.run_config import (ConfigError, TrainConfig, check_train_
                                          to_plain_config)
 from diffpolicy.policy.run_lock import RunLock
 
-CSV_FIELDS = ("step", "epoch", "loss", "lr", "samples_per_s", "val_loss", "eval_score",
+CSV_FIELDS = ("step", "epoch", "loss", "loss_steps", "lr", "samples_per_s", "val_loss", "eval_score",
               "eval_success", "minutes")
 
 
@@ -379,7 +381,8 @@ def _train(cfg: Any, run: TrainConfig, rank: int, world: int, device: torch.devi
             stop = bool(flag.item())
             sps = n_window / max(1e-9, time.perf_counter() - t_window)
             row = {"step": step, "epoch": round(step / steps_per_epoch, 3),
-                   "loss": f"{mean_loss.item():.6f}", "lr": f"{scheduler.get_last_lr()[0]:.3e}",
+                   "loss": f"{mean_loss.item():.6f}", "loss_steps": loss_n,
+                   "lr": f"{scheduler.get_last_lr()[0]:.3e}",
                    "samples_per_s": f"{sps:.1f}", "minutes": f"{minutes_before + elapsed / 60:.3f}"}
             if bar is not None:
                 bar.set_postfix(loss=f"{mean_loss.item():.4f}", lr=row["lr"], samples_s=f"{sps:.0f}")

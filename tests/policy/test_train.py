@@ -83,6 +83,18 @@ def test_resume_continues_to_the_same_weights(small_store, tmp_path):
     assert steps == [2, 4, 6, 8, 10, 12]       # no duplicated rows after the resume
 
 
+def test_rows_say_how_many_steps_their_loss_averages(small_store, tmp_path):
+    """Resumed at step 6 with log_every=4, the row of step 8 averages steps 7 and 8 only (it
+    was shown as if it were a whole window); so does the last row of a run."""
+    run_dir = tmp_path / "run"
+    train(compose_config("train", tiny_overrides(small_store, run_dir, steps=6, **{"training.log_every": 4})),
+          progress=False)
+    train(compose_config("train", tiny_overrides(small_store, run_dir, steps=12, resume="true",
+                                                 **{"training.log_every": 4})), progress=False)
+    assert [(int(r["step"]), int(r["loss_steps"])) for r in _rows(run_dir) if r["loss"]] == \
+        [(4, 4), (6, 2), (8, 2), (12, 4)]
+
+
 def test_kill_and_resume(small_store, tmp_path):
     """Kill a training process mid-way (SIGKILL); resume reaches the same step with a finite loss."""
     run_dir = tmp_path / "run"
