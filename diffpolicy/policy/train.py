@@ -232,13 +232,14 @@ def train(cfg: Any, progress: bool = True) -> TrainResult:
                           f"number of processes ({world})")
     device = resolve_device(run.device, local_rank)
     # One run per folder: rank 0, the one that writes, holds the lock from before it reads the
-    # folder until the run ends; a second run is refused (ConfigError).
-    with RunLock(run.run_dir) if rank == 0 else contextlib.nullcontext():
-        return _train(cfg, run, rank, world, device, progress)
+    # folder until the run ends; a second run is refused (ConfigError).  ``cleanup`` closes the
+    # progress bar even when the run fails, so the error prints on a line of its own.
+    with RunLock(run.run_dir) if rank == 0 else contextlib.nullcontext(), contextlib.ExitStack() as cleanup:
+        return _train(cfg, run, rank, world, device, progress, cleanup)
 
 
 def _train(cfg: Any, run: TrainConfig, rank: int, world: int, device: torch.device,
-           progress: bool) -> TrainResult:
+           progress: bool, cleanup: contextlib.ExitStack) -> TrainResult:
     t_cfg = run.training
     run_dir = Path(run.run_dir)
     ckpts = CheckpointDir(run_dir / "checkpoints", t_cfg.keep_best)
@@ -338,7 +339,7 @@ def _train(cfg: Any, run: TrainConfig, rank: int, world: int, device: torch.devi
     bar = None
     if rank == 0 and progress:
         from tqdm import tqdm  # noqa: PLC0415
-        bar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True)
+        bar = cleanup.enter_context(tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True))
     per_rank = t_cfg.batch_size // world
     t_start, t_window, n_window = time.perf_counter(), time.perf_counter(), 0
     minutes_before = float(resume_ckpt["metrics"].get("minutes", 0.0)) if resume_ckpt else 0.0

@@ -144,6 +144,31 @@ def test_leftover_temp_checkpoints_are_removed_at_start(small_store, tmp_path):
                                                  f"(*.tmp-<pid>, 1,024 bytes) from {ckpts}")
 
 
+def test_failed_checkpoint_write_ends_in_one_line(small_store, tmp_path, monkeypatch, capsys):
+    """A checkpoint the disk refuses ends the run with one line of its own (it was glued to the
+    progress bar), status 2; the previous checkpoint stays."""
+    from diffpolicy.cli._errors import run_cli
+    from diffpolicy.policy import train as train_mod
+    from diffpolicy.serialization import WriteError
+
+    run_dir = tmp_path / "run"
+    train(compose_config("train", tiny_overrides(small_store, run_dir, steps=4)), progress=False)
+    latest = run_dir / "checkpoints" / "latest.pt"
+
+    def full_disk(self, ckpt):
+        raise WriteError(f"cannot write {latest}: No space left on device (the previous file is kept)")
+
+    monkeypatch.setattr(train_mod.CheckpointDir, "save_latest", full_disk)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(lambda: train(compose_config("train", tiny_overrides(small_store, run_dir, steps=8, resume="true")),
+                              progress=True))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (f"error: cannot write {latest}: No space left on device "
+                                                        f"(the previous file is kept)")
+    assert load_checkpoint(latest)["step"] == 4 and not (run_dir / ".lock").exists()
+
+
 def _store_with(tmp_path: Path, src: Path, keypoint_shape=(9, 2)) -> Path:
     rb = ReplayBuffer.open(src, mode="r")
     path = tmp_path / "bad.zarr"
