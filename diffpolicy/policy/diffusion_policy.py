@@ -21,8 +21,15 @@ so the receding horizon executes entries ``To - 1 .. To + Ta - 2``
 (the reference's ``start = To - 1``).  With ``action_stride = k > 1`` it
 executes every k-th entry instead, ``To - 2 + k, To - 2 + 2k, ..``
 (``Ta`` of them): the last action of each group of k, so the agent follows
-the same planned path k times faster (the DOT policy's ``return_every_n``).  :meth:`predict_action_sequence` returns
-the whole sequence ``(B, H, Da)`` (for temporal ensembling, ``eval/ensemble.py``).
+the same planned path k times faster (the DOT policy's ``return_every_n``).
+:meth:`predict_action_sequence` returns the whole sequence ``(B, H, Da)`` (for
+temporal ensembling, ``eval/ensemble.py``).
+
+In a control loop (one observation in, one action out per step, as LeRobot's
+policies run): :meth:`reset` at the start of an episode, then
+:meth:`select_action` each step.  The policy keeps the last ``To`` observations
+(the first one repeated ``To`` times, as the rollouts do) and a queue of the
+``Ta`` actions of its last call, and samples a new plan when the queue is empty.
 """
 from __future__ import annotations
 
@@ -292,3 +299,39 @@ class DiffusionPolicy(nn.Module):
         seq = self.predict_action_sequence(obs, generator, sampler, num_inference_steps, initial_noise)
         k, start = self.config.action_stride, self.config.n_obs_steps - 1
         return seq[:, start + k - 1:start + k * self.config.n_action_steps:k]
+
+    # ------------------------------------------------------------ control loop
+    def reset(self) -> None:
+        """Forget the observation history and the queued actions (call at each episode start)."""
+        self._history: list[dict[str, torch.Tensor]] = []
+        self._queue: list[torch.Tensor] = []
+
+    @torch.inference_mode()
+    def select_action(self, obs: dict[str, torch.Tensor] | torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """One observation step (world units) -> the action to execute now.
+
+        ``obs``: low-dim ``(Do,)`` or ``(B, Do)`` (or ``{"obs": ...}``); image
+        ``{"image": (3, H, W) or (B, 3, H, W) in [0, 1], "agent_pos": (2,) or (B, 2)}``.
+        Returns ``(Da,)``, or ``(B, Da)`` for batched input.  Calls :meth:`predict_action`
+        (with ``generator``) when no queued action is left; :meth:`reset` first.
+        """
+        if not hasattr(self, "_history"):
+            raise RuntimeError("DiffusionPolicy.select_action: call reset() at the start of each episode")
+        obs = {"obs": obs} if isinstance(obs, torch.Tensor) else dict(obs)
+        key = "obs" if self.config.obs_type == "lowdim" else "image"
+        single = obs[key].dim() == (1 if key == "obs" else 3)
+        if single:
+            obs = {k: v.unsqueeze(0) for k, v in obs.items()}
+        if self._history and self._history[-1][key].shape[0] != obs[key].shape[0]:
+            raise ValueError(f"DiffusionPolicy.select_action: batch size changed from "
+                             f"{self._history[-1][key].shape[0]} to {obs[key].shape[0]} within an episode; "
+                             f"call reset() first")
+        to = self.config.n_obs_steps
+        self._history = (self._history or [obs] * to)[-(to - 1):] + [obs] if to > 1 else [obs]
+        if not self._queue:
+            batch = {k: torch.stack([h[k] for h in self._history], 1) for k in obs}   # (B, To, ...)
+            plan = self.predict_action(batch, generator=generator)                    # (B, Ta, Da)
+            self._queue = list(plan.unbind(1))
+        action = self._queue.pop(0)
+        return action[0] if single else action
