@@ -506,9 +506,9 @@ def _settle_pending_reads() -> None:
 
 def _chunk_keys(arr: zarr.Array, rows: int) -> list[str]:
     """Store keys (relative to the array's folder) of the chunks, or shards, that hold
-    ``arr[:rows]``."""
+    ``arr[:rows]`` (rows past its length: up to its length)."""
     step = arr.shards or arr.chunks
-    grid = [math.ceil(rows / step[0])] + [math.ceil(n / c) for n, c in zip(arr.shape[1:], step[1:])]
+    grid = [math.ceil(min(rows, arr.shape[0]) / step[0])] + [math.ceil(n / c) for n, c in zip(arr.shape[1:], step[1:])]
     return [arr.metadata.encode_chunk_key(c) for c in itertools.product(*map(range, grid))]
 
 
