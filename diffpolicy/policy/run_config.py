@@ -8,6 +8,7 @@ Everything here also works without Hydra (pass a plain dict).
 """
 from __future__ import annotations
 
+import math
 import re
 import types
 import typing
@@ -95,7 +96,7 @@ _NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool:
 def _is_type(value: Any, tp: Any) -> bool:
     """Does a plain config value (YAML scalar, list, mapping) fit the annotation ``tp``?
 
-    An integer is not a bool, a number is an int or a float (not a bool), a tuple or
+    An integer is not a bool, a number is an int or a finite float (not a bool), a tuple or
     list annotation takes a list or tuple of fitting elements (of the fixed length,
     for ``tuple[X, Y]``).
     """
@@ -106,8 +107,9 @@ def _is_type(value: Any, tp: Any) -> bool:
         return True
     if tp is type(None):
         return value is None
-    if tp in (int, float):
-        return isinstance(value, int if tp is int else (int, float)) and not isinstance(value, bool)
+    if tp in (int, float):      # a float must be finite: lr=nan trained on NaN until the loss check stopped it
+        return (isinstance(value, int if tp is int else (int, float)) and not isinstance(value, bool)
+                and (tp is int or math.isfinite(value)))
     if tp in (bool, str):
         return isinstance(value, tp)
     if origin in (tuple, list):

@@ -121,3 +121,15 @@ def test_cli_error_with_a_run_dir_that_is_not_a_string(tmp_path, monkeypatch, ca
         run_cli(refuse, run_dir=5)
     assert exc.value.code == 2 and not (tmp_path / "5").exists()
     assert capsys.readouterr().err == "error: run_dir must be a string, got 5 (int)\n"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.lr=nan", "training.lr must be a number, got nan (float)"),
+    ("training.ema_max=inf", "training.ema_max must be a number, got inf (float)"),
+    ("task.val_ratio=-inf", "task.val_ratio must be a number, got -inf (float)"),
+    ("training.max_minutes=nan", "training.max_minutes must be a number or null, got nan (float)"),
+])
+def test_numbers_must_be_finite(override, message):
+    """NaN and inf passed the type check (lr=nan trained on NaN until the loss check stopped it)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_train_config(compose_config("train", [override]))
