@@ -31,3 +31,15 @@ def tiny_overrides(store: Path, run_dir: Path, task: str = "pusht_keypoints", st
         over.update({"policy.crop_shape": "[76,76]", "training.batch_size": 4})
     over.update(extra)
     return [f"{k}={v}" for k, v in over.items()]
+
+
+def copy_demo_episodes(src: Path, dst: Path, n_episodes: int, skip: tuple[str, ...] = ()) -> Path:
+    """A new store at ``dst`` with the first ``n_episodes`` of the store ``src``, without the keys ``skip``."""
+    import numpy as np
+
+    from diffpolicy.datasets import ReplayBuffer
+
+    source, copy = ReplayBuffer.open(src, mode="r"), ReplayBuffer.create(dst)
+    for i in range(n_episodes):
+        copy.add_episode({k: np.asarray(v) for k, v in source.get_episode(i).items() if k not in skip})
+    return dst
