@@ -96,6 +96,9 @@ class PolicyConfig:
             raise ValueError(f"policy: n_obs_steps - 1 + {times}n_action_steps "
                              f"({self.n_obs_steps - 1 + self.action_stride * self.n_action_steps}) must not "
                              f"exceed horizon ({self.horizon}): the executed actions must lie in the plan")
+        if isinstance(self.num_train_timesteps, bool) or not isinstance(self.num_train_timesteps, int) \
+                or self.num_train_timesteps < 1:
+            raise ValueError(f"policy.num_train_timesteps must be an integer >= 1, got {self.num_train_timesteps!r}")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
             raise ValueError(f"policy.num_inference_steps must be in [1, "
                              f"{self.num_train_timesteps}], got {self.num_inference_steps}")

@@ -127,3 +127,9 @@ def test_image_policy_loss_and_prediction_shapes():
     policy.eval()
     uint8 = {"image": (obs["image"] * 255).round().to(torch.uint8), "agent_pos": obs["agent_pos"]}
     assert policy.predict_action(uint8).shape == (2, 8, 2)
+
+
+def test_num_train_timesteps_is_named_when_bad():
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="policy.num_train_timesteps must be an integer >= 1"):
+            PolicyConfig(num_train_timesteps=bad)
