@@ -20,8 +20,10 @@ Architecture (Chi et al. 2023, the published low-dim model)::
     ResBlock(x, cond) = Block(FiLM(Block(x), cond)) + residual(x)
     Block = Conv1d(k, padding k // 2) -> GroupNorm(n_groups) -> Mish
 
-As in the reference, the skip of the first level is kept but never used, and
-the horizon must be divisible by 4 (16 -> 8 -> 4 -> 8 -> 16).
+As in the reference, the skip of the first level is kept but never used.  The
+reference has three levels, so the horizon must be divisible by 4
+(16 -> 8 -> 4 -> 8 -> 16); any number of levels L >= 1 works here, with the
+horizon divisible by ``2 ** (L - 1)``.
 
 Two execution paths share the same parameters (same ``state_dict``):
 ``fast=False`` runs plain ``nn.Conv1d``/``nn.GroupNorm``/``nn.Mish`` in the
@@ -124,7 +126,8 @@ class ConditionalUnet1D(nn.Module):
     Args:
         input_dim: action dimension Da (channels of the sequence).
         global_cond_dim: size G of the flattened observation condition (0 for none).
-        down_dims: channel widths (d0, d1, d2) of the three levels.
+        down_dims: channel widths of the levels, e.g. (d0, d1, d2) for three (any number >= 1;
+            the horizon must then be divisible by ``2 ** (len(down_dims) - 1)``).
         step_embed_dim: size of the diffusion-step embedding (dsed).
         kernel_size: temporal kernel of every Conv1dBlock (odd).
         n_groups: GroupNorm groups.
@@ -138,9 +141,9 @@ class ConditionalUnet1D(nn.Module):
                  fast: bool = True):
         super().__init__()
         down_dims = tuple(int(d) for d in down_dims)
-        if len(down_dims) != 3:
-            raise ValueError(f"ConditionalUnet1D: down_dims must have 3 entries "
-                             f"(three levels), got {down_dims}")
+        if not down_dims or min(down_dims) < 1:
+            raise ValueError(f"ConditionalUnet1D: down_dims must hold one positive width per level "
+                             f"(e.g. 3 entries for three levels), got {down_dims}")
         if kernel_size % 2 == 0:
             raise ValueError(f"ConditionalUnet1D: kernel_size must be odd, got {kernel_size}")
         if input_dim < 1 or global_cond_dim < 0:
@@ -233,9 +236,10 @@ class ConditionalUnet1D(nn.Module):
         if sample.dim() != 3 or sample.shape[-1] != self.input_dim:
             raise ValueError(f"ConditionalUnet1D: sample must have shape (B, H, {self.input_dim}), "
                              f"got {tuple(sample.shape)}")
-        if sample.shape[1] % 4:
-            raise ValueError(f"ConditionalUnet1D: horizon H must be divisible by 4 "
-                             f"(two stride-2 levels), got H={sample.shape[1]}")
+        stride = 2 ** (len(self.down_dims) - 1)
+        if sample.shape[1] % stride:
+            raise ValueError(f"ConditionalUnet1D: horizon H must be divisible by {stride} "
+                             f"({len(self.down_dims) - 1} stride-2 levels), got H={sample.shape[1]}")
         cond = self._condition(timestep, global_cond, sample.shape[0], sample.device)
         if self.fast:
             return self._forward_cl(sample, cond)

@@ -92,7 +92,7 @@ def test_bad_input_errors(call, match):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(down_dims=(16, 32)), "3 entries"),
+    (dict(down_dims=()), "one positive width per level"),
     (dict(kernel_size=4), "odd"),
     (dict(down_dims=(12, 32, 64)), "divisible by n_groups"),
 ])
@@ -283,3 +283,16 @@ def test_plain_path_reuses_a_contiguous_weight_copy_until_the_weight_changes():
     assert conv.__dict__["_plain_weight"][1] is not first
     torch.testing.assert_close(y2 - conv.bias[None, :, None], 2 * (y - conv.bias[None, :, None]))
     torch.testing.assert_close(y2, F.conv1d(x, conv.weight.contiguous(), conv.bias, padding=2))
+
+
+@pytest.mark.parametrize("down_dims, horizon", [((16,), 5), ((16, 32), 6), ((16, 32, 64, 64), 16)])
+def test_any_number_of_levels_on_both_paths(down_dims, horizon):
+    """1, 2 and 4 levels: the horizon need only be divisible by 2 ** (levels - 1); fast == plain."""
+    x, cond = torch.randn(3, horizon, 2, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    fast, plain = (small_unet(fast=f, down_dims=down_dims).double() for f in (True, False))
+    out = fast(x, torch.tensor([0, 5, 50]), cond)
+    assert out.shape == (3, horizon, 2)
+    torch.testing.assert_close(out, plain(x, torch.tensor([0, 5, 50]), cond))
+    if len(down_dims) > 1:
+        with pytest.raises(ValueError, match=f"divisible by {2 ** (len(down_dims) - 1)}"):
+            fast(torch.randn(3, horizon + 1, 2, dtype=torch.float64), 0, cond)

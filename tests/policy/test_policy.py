@@ -133,3 +133,13 @@ def test_num_train_timesteps_is_named_when_bad():
     for bad in (0, -1, 2.5):
         with pytest.raises(ValueError, match="policy.num_train_timesteps must be an integer >= 1"):
             PolicyConfig(num_train_timesteps=bad)
+
+
+@pytest.mark.parametrize("down_dims, horizon", [((16, 32), 10), ((16, 32, 64, 64), 16)])
+def test_policies_with_other_unet_depths_train_and_act(down_dims, horizon):
+    norm = LinearNormalizer().fit({"obs": torch.rand(50, 20) * 512, "action": torch.rand(50, 2) * 512})
+    policy = DiffusionPolicy(PolicyConfig(down_dims=down_dims, step_embed_dim=16, horizon=horizon,
+                                          n_action_steps=4, action_stride=1), norm)
+    loss = policy.compute_loss({"obs": torch.rand(4, 2, 20) * 512, "action": torch.rand(4, horizon, 2) * 512})
+    loss.backward()
+    assert torch.isfinite(loss) and policy.predict_action(torch.rand(2, 2, 20) * 512).shape == (2, 4, 2)
