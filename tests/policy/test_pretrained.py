@@ -127,8 +127,11 @@ def test_config_that_does_not_fit_the_weights_names_a_tensor(folder):
     with pytest.raises(CheckpointError, match="config.json: policy_config does not describe a policy: "
                                               "policy.sampler must be one of"):
         load_pretrained(folder)
-    _rewrite_config(folder, policy_config={**config["policy_config"], "down_dims": [16, 32]})
-    with pytest.raises(CheckpointError, match="does not describe a policy: .*down_dims must have 3"):
+    _rewrite_config(folder, policy_config={**config["policy_config"], "down_dims": [16, 32]})   # 2 levels: valid,
+    with pytest.raises(CheckpointError, match=r"unexpected tensors \(\d+\): unet\.down\.1\.2\."):  # not these weights
+        load_pretrained(folder)
+    _rewrite_config(folder, policy_config={**config["policy_config"], "down_dims": []})
+    with pytest.raises(CheckpointError, match="does not describe a policy: .*one positive width per level"):
         load_pretrained(folder)
 
 
