@@ -117,8 +117,7 @@ def evaluate(cfg: Any) -> dict:
         try:
             policy.config = with_execution(policy.config, c.get("n_action_steps"), c.get("action_stride"))
         except ValueError as exc:
-            given = {k: c[k] for k in ("n_action_steps", "action_stride") if c.get(k) is not None}
-            raise ConfigError(", ".join(f"{k}={v}" for k, v in given.items()) + f": {exc}") from None
+            raise ConfigError(str(exc)) from None
     try:
         coef, replan = check_ensemble_options(c.get("temporal_ensemble"), c.get("replan_every"),
                                               policy.config.horizon, policy.config.n_obs_steps)
@@ -155,9 +154,7 @@ def evaluate(cfg: Any) -> dict:
     summary = summarize(result.episodes)
     latency = {"batch 1" if coef is None else "batch 1 per env step (ensembling)": latency_b1,
                f"batch <= {max(result.call_batch)} (rollouts)": latency_stats(result.call_seconds)}
-    sampling = sampling_settings(c, ckpt["policy_config"])
-    if coef is None:        # the actions per call executed (action_stride alone can lower them)
-        sampling["n_action_steps"] = policy.config.n_action_steps
+    sampling = sampling_settings(c, policy.config.to_dict())    # with the execution actually used
     execution = (f"{sampling['n_action_steps']} actions per call" if coef is None else
                  f"temporal ensemble m={coef:g}, a call every {replan} steps")
     if sampling.get("action_stride"):

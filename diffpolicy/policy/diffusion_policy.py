@@ -124,14 +124,21 @@ def with_execution(config: PolicyConfig, n_action_steps: int | None = None,
 
     With only ``action_stride=k`` given, ``n_action_steps`` becomes the most that fit in
     the plan, ``(H - To + 1) // k``, at most the config's own.  Raises ``ValueError``
-    (from :class:`PolicyConfig`) when the executed actions leave the plan.
+    naming the values given (then :class:`PolicyConfig`'s reason) when the executed
+    actions leave the plan.
     """
     k = config.action_stride if action_stride is None else action_stride
-    if n_action_steps is None:
-        n_action_steps = config.n_action_steps
+    ta = n_action_steps
+    if ta is None:
+        ta = config.n_action_steps
         if action_stride is not None and isinstance(k, int) and k >= 1:
-            n_action_steps = max(1, min(n_action_steps, (config.horizon - config.n_obs_steps + 1) // k))
-    return replace(config, n_action_steps=n_action_steps, action_stride=k)
+            ta = max(1, min(ta, (config.horizon - config.n_obs_steps + 1) // k))
+    try:
+        return replace(config, n_action_steps=ta, action_stride=k)
+    except ValueError as exc:
+        given = {"n_action_steps": n_action_steps, "action_stride": action_stride}
+        raise ValueError(", ".join(f"{key}={v}" for key, v in given.items() if v is not None)
+                         + f": {exc}") from None
 
 
 class DiffusionPolicy(nn.Module):

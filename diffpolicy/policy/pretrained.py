@@ -76,8 +76,7 @@ def export_pretrained(checkpoint_path: str | Path, out_dir: str | Path, use_ema:
     try:
         policy.config = with_execution(policy.config, n_action_steps, action_stride)
     except ValueError as exc:
-        raise CheckpointError(f"cannot export {where} with n_action_steps={n_action_steps}, "
-                              f"action_stride={action_stride}: {exc}") from None
+        raise CheckpointError(f"cannot export {where}: {exc}") from None
     tensors = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
                for k, v in state.items()}
     _check_tensors(tensors, policy, where)
