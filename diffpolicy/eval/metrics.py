@@ -71,17 +71,19 @@ def sampling_settings(eval_config: dict, policy_config: dict) -> dict[str, Any]:
     ``temporal_ensemble`` (m) and ``replan_every`` (default 1), and
     ``n_action_steps`` is ``replan_every``: the env steps per policy call.
     ``fixed_noise`` appears (True) only when the evaluation set it; ``action_stride``
-    only when it is not 1 (set by the evaluation or stored in the checkpoint).
+    only when it is not 1 (set by the evaluation or stored in the checkpoint) and no
+    ensembling replaces the receding horizon it applies to.
     """
     settings = {key: eval_config.get(key) or policy_config[key]
                 for key in ("sampler", "num_inference_steps", "n_action_steps")}
+    stride = eval_config.get("action_stride") or policy_config.get("action_stride", 1)
     if eval_config.get("temporal_ensemble") is not None:
         replan = eval_config.get("replan_every") or 1
         settings.update(n_action_steps=replan, temporal_ensemble=float(eval_config["temporal_ensemble"]),
                         replan_every=replan)
+        stride = 1
     if eval_config.get("fixed_noise"):
         settings["fixed_noise"] = True
-    stride = eval_config.get("action_stride") or policy_config.get("action_stride", 1)
     if stride != 1:
         settings["action_stride"] = int(stride)
     return settings

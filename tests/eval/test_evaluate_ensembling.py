@@ -30,6 +30,10 @@ def test_sampling_settings_without_ensembling_are_unchanged():
     assert sampling_settings({"temporal_ensemble": None, "replan_every": None}, pc) == pc
     assert sampling_settings({"temporal_ensemble": 0}, pc) == {**pc, "n_action_steps": 1,
                                                                "temporal_ensemble": 0.0, "replan_every": 1}
+    strided = {**pc, "n_action_steps": 7, "action_stride": 2}        # a checkpoint of the current default
+    assert sampling_settings({}, strided) == strided
+    assert sampling_settings({"temporal_ensemble": 0}, strided) == {**pc, "n_action_steps": 1,   # no stride
+                                                                    "temporal_ensemble": 0.0, "replan_every": 1}
 
 
 @pytest.mark.parametrize("options, message", [
