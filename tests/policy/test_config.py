@@ -39,6 +39,10 @@ def test_value_errors_name_the_key():
         check_train_config(compose_config("train", ["task.obs_type=pixels"]))
     with pytest.raises(ConfigError, match="policy.sampler must be one of"):
         check_train_config(compose_config("train", ["policy.sampler=euler"]))
+    with pytest.raises(ConfigError, match="task.frame_stride must be >= 1, got 0"):
+        check_train_config(compose_config("train", ["task.frame_stride=0"]))
+    with pytest.raises(ConfigError, match=r"action_stride \* n_action_steps \(17\) must not exceed horizon"):
+        check_train_config(compose_config("train", ["policy.n_action_steps=8"]))     # with the default stride 2
 
 
 def test_config_groups_share_a_base_and_long_brings_its_policy():
