@@ -24,7 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from diffpolicy import paths, speed
-from diffpolicy.datasets.pusht import load_pusht, pusht_loader, random_crop
+from diffpolicy.datasets.crops import random_crop
+from diffpolicy.datasets.demos import demo_loader
+from diffpolicy.datasets.pusht import load_pusht
 from diffpolicy.datasets.replay_buffer import ReplayBuffer
 from diffpolicy.datasets.windows import split_episodes
 
@@ -113,8 +115,8 @@ def throughput(batches, seconds: float, after_batch=None, warmup: int = 2) -> tu
 
 def crop_obs(batch: dict) -> None:
     """What the original does in its image encoder: keep To frames, random 84x84 crop."""
-    batch["obs"]["image"] = random_crop(batch["obs"]["image"][:, :TO], 84)
-    batch["obs"]["agent_pos"] = batch["obs"]["agent_pos"][:, :TO]
+    for key, value in batch["obs"].items():      # the image, and the agent position (ours: "obs")
+        batch["obs"][key] = random_crop(value[:, :TO], 84) if key == "image" else value[:, :TO]
 
 
 def main() -> None:
@@ -155,7 +157,7 @@ def main() -> None:
         after = crop_obs if task == "image" else None
         # (label, workers, iterable, per-batch hook); measured in interleaved rounds, median reported
         candidates = [("ours (index-matrix gather)", "-",
-                       pusht_loader(data, batch_size=bs, max_train_episodes=cap,
+                       demo_loader(data, batch_size=bs, max_train_episodes=cap,
                                     crop=84 if task == "image" else None), None)]
         for first_k, label in ((None, "original-style, all H frames"), (TO, "original-style, To obs frames")):
             ds = OriginalStyleDataset(arrays, windows, task, first_k)

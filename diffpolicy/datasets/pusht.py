@@ -1,4 +1,4 @@
-"""Push-T demonstrations: tasks, data location, download, and the training batch loader.
+"""Push-T demonstrations: the three tasks as demo specs, data location, download.
 
 Tasks (what a policy observes; the action is always the 2-d agent target):
 
@@ -13,8 +13,7 @@ image       96x96 RGB frame + agent x, y                                 img, st
 Images are held in memory as uint8 (N, 3, 96, 96), channels first (0.7 GB
 instead of the stored 2.8 GB float32 (N, 96, 96, 3)); the published pixels are
 whole numbers 0..255, so this is lossless for them (other stores are rounded
-to the nearest integer).  Batches carry them as float (B, To, 3, s, s) in [0, 1],
-s = 96, or 84 with the loader's optional random crop.
+to the nearest integer).  Loading and batches: ``diffpolicy.datasets.demos``.
 
 Where the data is: an explicit ``path``; else ``diffpolicy.paths.pusht_zarr_path()``
 (``$DIFFPOLICY_DATA``, then ``../shared/data``, then ``./data``, each followed by
@@ -34,17 +33,13 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from diffpolicy import paths
+from diffpolicy.datasets.demos import CameraSpec, DemoData, DemoSpec, load_demos, parse_key
 from diffpolicy.datasets.errors import ChecksumError, DatasetError
-from diffpolicy.datasets.normalizer import LinearNormalizer
 from diffpolicy.datasets.replay_buffer import ArraySpec, ReplayBuffer
-from diffpolicy.datasets.windows import BatchLoader, SequenceWindows, split_episodes
 
 PUSHT_URL = "https://diffusion-policy.cs.columbia.edu/data/training/pusht.zip"
 PUSHT_STORE_NAME = "pusht_cchi_v7_replay.zarr"
@@ -60,203 +55,38 @@ PUSHT_SCHEMA = {
     "img": ArraySpec((96, 96, 3), _FLOAT + ("uint8",)),
     "n_contacts": ArraySpec((1,), _FLOAT),
 }
-TASK_KEYS = {
-    "state": ("state", "action"),
-    "keypoints": ("keypoint", "state", "action"),
-    "image": ("img", "state", "action"),
+# The three Push-T tasks as demo specs (the same as diffpolicy/configs/task/pusht_*.yaml, a test checks).
+PUSHT_DEMOS = {
+    "state": DemoSpec(action_dim=2, obs_keys=("state",), obs_dim=5),
+    "keypoints": DemoSpec(action_dim=2, obs_keys=("keypoint", "state[0:2]"), obs_dim=20),
+    "image": DemoSpec(action_dim=2, obs_keys=("state[0:2]",), obs_dim=2,
+                      cameras={"image": CameraSpec("img", (96, 96, 3), (84, 84))}),
 }
-IMAGE_KEY = "image"
+PushTData = DemoData
 
 
-@dataclass
-class PushTData:
-    """One Push-T task held in memory.
+def load_pusht(path: str | Path | None = None, task: str = "keypoints") -> DemoData:
+    """Open a Push-T store, check it fits ``task`` (state | keypoints | image), and load that
+    task's arrays (``demos.load_demos``; the keypoints task never touches the images).
 
-    ``frames`` (N = all steps of all episodes):
-      - state / keypoints: ``{"obs": (N, Do) float32, "action": (N, 2) float32}``, Do = 5 / 20
-      - image: ``{"image": (N, 3, 96, 96) uint8, "agent_pos": (N, 2) float32, "action": (N, 2) float32}``
+    ``frames``: state / keypoints ``{"obs": (N, 5 | 20), "action": (N, 2)}``; image
+    ``{"image": (N, 3, 96, 96) uint8, "obs": (N, 2) agent position, "action": (N, 2)}``.
     Units: world pixels (0..512) for positions and actions, radians for the angle.
-    """
-    task: str
-    frames: dict[str, torch.Tensor]
-    episode_ends: np.ndarray
-    path: Path
-
-    @property
-    def n_episodes(self) -> int:
-        return int(len(self.episode_ends))
-
-    @property
-    def n_steps(self) -> int:
-        return int(self.episode_ends[-1]) if len(self.episode_ends) else 0
-
-    @property
-    def episode_lengths(self) -> np.ndarray:
-        return np.diff(self.episode_ends, prepend=0)
-
-    @property
-    def obs_keys(self) -> tuple[str, ...]:
-        return (IMAGE_KEY, "agent_pos") if self.task == "image" else ("obs",)
-
-    @property
-    def obs_dim(self) -> int | None:
-        """Do of the low-dim tasks (5 or 20); None for the image task."""
-        return None if self.task == "image" else int(self.frames["obs"].shape[1])
-
-
-def load_pusht(path: str | Path | None = None, task: str = "keypoints") -> PushTData:
-    """Open a Push-T store, check it fits ``task``, and load that task's arrays.
-
-    Only the arrays the task needs are read (the keypoints task never touches
-    the images), each checked for NaN/inf and undecodable chunks as it is read.
     Raises ``DatasetError`` naming the store and key on any mismatch.
     """
-    if task not in TASK_KEYS:
-        raise DatasetError(f"unknown Push-T task {task!r}; expected one of {list(TASK_KEYS)}")
+    if task not in PUSHT_DEMOS:
+        raise DatasetError(f"unknown Push-T task {task!r}; expected one of {list(PUSHT_DEMOS)}")
     if path is None:
         path = paths.pusht_zarr_path()
         if not path.exists():
             raise FileNotFoundError(f"Push-T demos not found at {path} (default location). Pass a path, "
                                     f"set ${paths.DATA_ENV_VAR} to the folder holding pusht/, or run "
                                     f"`python -m diffpolicy.datasets download`")
-    keys = TASK_KEYS[task]
-    rb = ReplayBuffer.open(path, mode="r")
-    rb.check_schema({k: PUSHT_SCHEMA[k] for k in keys}, what=f"Push-T task '{task}'")
-    if rb.n_episodes == 0:
-        raise DatasetError(f"{rb.path}: store has no episodes")
-    state = rb.read("state").astype(np.float32)
-    action = rb.read("action").astype(np.float32)
-    if task == "state":
-        frames = {"obs": state, "action": action}
-    elif task == "keypoints":
-        kp = rb.read("keypoint").astype(np.float32)
-        frames = {"obs": np.concatenate([kp.reshape(len(kp), -1), state[:, :2]], axis=1), "action": action}
-    else:
-        frames = {IMAGE_KEY: rb.read("img", convert=_PixelsToUint8(rb.path)), "agent_pos": state[:, :2].copy(),
-                  "action": action}
-    return PushTData(task=task, frames={k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in frames.items()},
-                     episode_ends=rb.episode_ends, path=rb.path)
-
-
-class _PixelsToUint8:
-    """Block converter (T, 96, 96, 3) float pixels 0..255 -> (T, 3, 96, 96) uint8 (rounded);
-    errors name the store."""
-
-    def __init__(self, store: Path):
-        self.store = store
-
-    def __call__(self, block: np.ndarray) -> np.ndarray:
-        if block.dtype != np.uint8:
-            if block.size and (block.min() < 0 or block.max() > 255):
-                raise DatasetError(f"{self.store}: data/img values must be pixels in 0..255, found "
-                                   f"{float(block.min())}..{float(block.max())}")
-            block = np.rint(block).astype(np.uint8)
-        return np.ascontiguousarray(block.transpose(0, 3, 1, 2))
-
-
-def fit_normalizer(data: PushTData, episode_mask: np.ndarray | None = None) -> LinearNormalizer:
-    """Min/max normaliser of ``data``'s low-dim keys (fitted on all episodes, as the original
-    does, or on ``episode_mask``'s), plus the fixed [0, 1] -> [-1, 1] map for ``"image"``."""
-    frames = {k: v for k, v in data.frames.items() if k != IMAGE_KEY}
-    if episode_mask is not None:
-        ends = data.episode_ends
-        starts = np.concatenate([[0], ends[:-1]])
-        step_mask = np.repeat(np.asarray(episode_mask, dtype=bool), ends - starts)
-        frames = {k: v[torch.from_numpy(step_mask)] for k, v in frames.items()}
-    return LinearNormalizer().fit(frames, image_keys=(IMAGE_KEY,) if data.task == "image" else ())
-
-
-def pusht_loader(data: PushTData, batch_size: int = 256, split: str = "train", val_ratio: float = 0.02,
-                 seed: int = 42, max_train_episodes: int | None = None, horizon: int = 16,
-                 n_obs_steps: int = 2, n_action_steps: int = 8, crop: int | None = None,
-                 shuffle: bool | None = None, drop_last: bool = False,
-                 device: str | torch.device | None = None, frame_stride: int = 1) -> BatchLoader:
-    """Batches of windows for training (``split="train"``), validation ("val") or all episodes ("all").
-
-    Each batch (raw units; normalise in the policy with ``fit_normalizer``'s result):
-      - state / keypoints: ``{"obs": (B, To, Do), "action": (B, H, 2)}``
-      - image: ``{"obs": {"image": (B, To, 3, s, s) float32 in [0, 1], "agent_pos": (B, To, 2)},
-        "action": (B, H, 2)}`` with s = 96, or s = ``crop`` when a random crop is asked for
-        (an independent crop per frame, drawn from the loader's seeded generator).
-    The split is by episode (``split_episodes``: ``val_ratio``, ``seed``, ``max_train_episodes``;
-    the original used 0.02, 42 and 90).  ``shuffle`` defaults to True for "train" only.
-    ``device`` moves the frames there once (e.g. "cuda"); batches are then gathered on it.
-    ``frame_stride = k`` takes every k-th frame of the episodes (all k phases): a policy
-    trained on it plans and moves k times faster than the demonstrator.
-    """
-    train_mask, val_mask = split_episodes(data.n_episodes, val_ratio, seed, max_train_episodes)
-    masks = {"train": train_mask, "val": val_mask, "all": np.ones(data.n_episodes, dtype=bool)}
-    if split not in masks:
-        raise DatasetError(f"split must be one of {list(masks)}, got {split!r}")
-    windows = SequenceWindows(data.episode_ends, horizon, n_obs_steps, n_action_steps, masks[split],
-                              frame_stride)
-    frames = data.frames if device is None else {k: v.to(device) for k, v in data.frames.items()}
-    n_frames = {k: (horizon if k == "action" else n_obs_steps) for k in frames}
-    if data.task == "image":
-        transform = _ImageBatch(crop)
-    elif crop is not None:
-        raise DatasetError(f"crop={crop} only applies to the image task, not {data.task!r}")
-    else:
-        transform = None
-    return BatchLoader(frames, windows, n_frames, batch_size=batch_size,
-                       shuffle=(split == "train") if shuffle is None else shuffle,
-                       drop_last=drop_last, seed=seed, transform=transform)
-
-
-class _ImageBatch:
-    """Gathered uint8 frames -> optional random crop -> float (B, To, 3, s, s) in [0, 1]; nests obs."""
-
-    def __init__(self, crop: int | None):
-        self.crop = crop
-
-    def __call__(self, batch: dict, generator: torch.Generator) -> dict:
-        img = batch[IMAGE_KEY]  # (B, To, 3, 96, 96) uint8
-        if self.crop is not None:
-            img = random_crop(img, self.crop, generator)  # cropped while still uint8: 4x less to copy
-        img = img.to(torch.float32).div_(255.0)
-        return {"obs": {IMAGE_KEY: img, "agent_pos": batch["agent_pos"]}, "action": batch["action"]}
-
-
-# ---------------------------------------------------------------------- image crops
-def random_crop(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random ``size`` x ``size`` crop of every image of ``images`` (..., C, H, W), each with its
-    own offset drawn from ``generator`` (uniform over all H - size + 1 by W - size + 1 positions).
-
-    Vectorised and copy-light: every output row is ``size`` consecutive elements of
-    the (contiguous) input, starting at ``((m * C + c) * H + oy[m] + i) * W + ox[m]``
-    for image m.  An overlapping strided view makes each element the start of such
-    a run, and one ``index_select`` picks all the runs (5x faster than indexing a
-    pixel at a time).  Works on any dtype and device.
-    """
-    h, w = _check_crop(images, size)
-    flat = images.reshape((-1,) + images.shape[-3:]).contiguous()       # (M, C, H, W)
-    n_img, n_ch = flat.shape[:2]
-    dev = images.device
-    oy = torch.randint(0, h - size + 1, (n_img, 1, 1), generator=generator).to(dev)
-    ox = torch.randint(0, w - size + 1, (n_img, 1, 1), generator=generator).to(dev)
-    m = torch.arange(n_img, device=dev)[:, None, None]
-    ch = torch.arange(n_ch, device=dev)[None, :, None]
-    i = torch.arange(size, device=dev)[None, None, :]
-    starts = ((m * n_ch + ch) * h + oy + i) * w + ox                    # (M, C, size)
-    buf = flat.reshape(-1)
-    runs = buf.as_strided((buf.numel() - size + 1, size), (1, 1))       # row k = buf[k : k + size]
-    return runs.index_select(0, starts.reshape(-1)).reshape(images.shape[:-2] + (size, size))
-
-
-def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Central ``size`` x ``size`` crop of (..., C, H, W) (the evaluation counterpart of ``random_crop``)."""
-    h, w = _check_crop(images, size)
-    top, left = (h - size) // 2, (w - size) // 2
-    return images[..., top:top + size, left:left + size]
-
-
-def _check_crop(images: torch.Tensor, size: int) -> tuple[int, int]:
-    if images.ndim < 3:
-        raise DatasetError(f"crop needs images (..., C, H, W), got shape {tuple(images.shape)}")
-    h, w = int(images.shape[-2]), int(images.shape[-1])
-    if not (0 < size <= min(h, w)):
-        raise DatasetError(f"crop size {size} does not fit images of {h}x{w}")
-    return h, w
+    spec = PUSHT_DEMOS[task]
+    keys = {parse_key(k)[0] for k in spec.obs_keys} | {c.key for c in spec.cameras.values()} | {"action"}
+    ReplayBuffer.open(path, mode="r").check_schema({k: PUSHT_SCHEMA[k] for k in sorted(keys)},
+                                                   what=f"Push-T task '{task}'")
+    return load_demos(path, spec, name=task)
 
 
 # ---------------------------------------------------------------------- download

@@ -66,7 +66,8 @@ def read_report(path: str | Path) -> EvalRow:
     try:
         report = json.loads(file.read_text())
         cfg, pc = report["config"], report["policy_config"]
-        metrics = {m: float(report["metrics"][m]["mean"]) for m in METRICS}
+        metrics = {m: float(report["metrics"][m]["mean"]) if m in report["metrics"] else float("nan")
+                   for m in METRICS}            # coverage: only envs that report it (Push-T)
         # reports written before eval.json stored "sampling" get it rebuilt the same way
         sampling = report.get("sampling") or sampling_settings(cfg, pc)
         protocol = (report["task"], int(cfg["seed_start"]), int(cfg["n_episodes"]), int(cfg["max_steps"]),

@@ -1,15 +1,18 @@
-"""Evaluate a checkpoint with the standard Push-T protocol and write a report.
+"""Evaluate a checkpoint in its task's environment and write a report.
 
 ``evaluate(cfg)`` (the body of ``diffpolicy-eval``) loads a checkpoint (EMA
-weights by default), runs ``n_episodes`` episodes on seeds ``seed_start ..``
-(default: 50 episodes, seeds 100000..100049, 300 steps), times batch-1 policy
-calls, and writes to ``output_dir``::
+weights by default), builds the environment its task config names
+(``eval/task_env.py``), runs ``n_episodes`` episodes on seeds ``seed_start ..``
+(default: 50 episodes, seeds 100000..100049, the task's ``max_episode_steps``:
+the standard Push-T protocol), times batch-1 policy calls, and writes to
+``output_dir``::
 
     eval.json        config, sampling settings used, per-episode results,
                      metrics with 95 % CIs, latency
     eval.md          the printed table
-    videos/seed<S>.mp4|gif   the first ``n_videos`` episodes (commanded target drawn)
+    videos/seed<S>.mp4|gif   the first ``n_videos`` episodes (Push-T: commanded target drawn)
     final_frames.png the last frame of every episode, captioned with its max reward
+                     (videos and frames only where the env can render on this machine)
 """
 from __future__ import annotations
 
@@ -26,12 +29,13 @@ from diffpolicy.device import resolve_device
 from diffpolicy.eval.ensemble import ActionEnsembler, check_ensemble_options
 from diffpolicy.eval.metrics import format_table, latency_stats, sampling_settings, summarize
 from diffpolicy.eval.options import check_eval_config, check_output_dir
-from diffpolicy.eval.rollout import obs_to_policy, make_env, run_rollouts
+from diffpolicy.eval.rollout import run_rollouts
+from diffpolicy.eval.task_env import make_env, observations_to_policy
 from diffpolicy.eval.video import frame_grid, write_video
 from diffpolicy.policy.checkpoint import CheckpointError, load_checkpoint
 from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig, with_execution
 from diffpolicy.policy.pretrained import is_pretrained_path, load_pretrained
-from diffpolicy.policy.run_config import ConfigError, to_plain_config
+from diffpolicy.policy.run_config import ConfigError, TaskConfig, task_config, to_plain_config
 from diffpolicy.speed import machine_info
 
 
@@ -52,19 +56,22 @@ def load_policy(path: str | Path, use_ema: bool = True, task: str | None = None,
                               f"{asked} weights (diffpolicy-export{'' if use_ema else ' --raw'})")
         return policy, info
     ckpt = load_checkpoint(path, task=task)
-    policy = DiffusionPolicy(PolicyConfig(**ckpt["policy_config"]))
+    try:
+        policy = DiffusionPolicy(PolicyConfig.from_dict(ckpt["policy_config"]))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: policy_config does not describe a policy: {exc}") from None
     state = ckpt["ema"]["averaged"] if use_ema else ckpt["model"]
     policy.load_state_dict(state)
     return policy.to(device).eval(), ckpt
 
 
-def task_obs_type(ckpt: dict) -> str:
-    """The env observation type (keypoints | state | image) a checkpoint was trained on."""
-    return ckpt["config"]["task"]["obs_type"]
+def checkpoint_task(ckpt: dict) -> TaskConfig:
+    """The task config a checkpoint was trained on (its env, observation mapping, success key)."""
+    return task_config(ckpt["config"]["task"])
 
 
 @torch.no_grad()
-def measure_latency(policy: DiffusionPolicy, obs_type: str, calls: int, device: torch.device,
+def measure_latency(policy: DiffusionPolicy, task: TaskConfig, calls: int, device: torch.device,
                     sampler: str | None = None, num_inference_steps: int | None = None,
                     warmup: int = 5, temporal_ensemble: float | None = None,
                     replan_every: int = 1) -> list[float]:
@@ -75,11 +82,11 @@ def measure_latency(policy: DiffusionPolicy, obs_type: str, calls: int, device: 
     :class:`ActionEnsembler` and the ``replan_every`` ensembled actions it
     serves, divided by ``replan_every``.
     """
-    env = make_env(obs_type)
+    env = make_env(task)
     obs, _ = env.reset(seed=0)
     env.close()
     batch = {k: v.to(device) for k, v in
-             obs_to_policy(obs_type, [[obs] * policy.config.n_obs_steps]).items()}
+             observations_to_policy(task, policy.config.cameras, [[obs] * policy.config.n_obs_steps]).items()}
     ensembler = None if temporal_ensemble is None else ActionEnsembler(policy.config.n_obs_steps,
                                                                        temporal_ensemble)
     times = []
@@ -128,7 +135,8 @@ def evaluate(cfg: Any) -> dict:
             raise ConfigError(f"{key}={c[key]} does not apply with temporal_ensemble="
                               f"{c['temporal_ensemble']}: every step executes an ensembled action and "
                               f"replan_every sets the steps between policy calls")
-    obs_type = task_obs_type(ckpt)
+    task = checkpoint_task(ckpt)
+    max_steps = c["max_steps"] or task.max_episode_steps
     folder = Path(ckpt["path"]) if "path" in ckpt else None  # a pretrained folder: report beside it
     out = Path(c["output_dir"]) if c.get("output_dir") else (
         folder.parent / f"eval_{folder.name}_{c['n_episodes']}" if folder else
@@ -137,13 +145,13 @@ def evaluate(cfg: Any) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     # batch-1 latency first: it also warms up the sampler before the timed rollout calls
-    latency_b1 = latency_stats(measure_latency(policy, obs_type, c["latency_calls"], device,
+    latency_b1 = latency_stats(measure_latency(policy, task, c["latency_calls"], device,
                                                c.get("sampler"), c.get("num_inference_steps"),
                                                temporal_ensemble=coef, replan_every=replan))
     seeds = list(range(c["seed_start"], c["seed_start"] + c["n_episodes"]))
     record = tuple(seeds[:c["n_videos"]])
     t0 = time.perf_counter()
-    result = run_rollouts(policy, obs_type, seeds, max_steps=c["max_steps"], n_envs=c["n_envs"],
+    result = run_rollouts(policy, task, seeds, max_steps=max_steps, n_envs=c["n_envs"],
                           device=device, sampling_seed=c["sampling_seed"], record_seeds=record,
                           keep_final_frames=True, video_size=c.get("video_size", 256),
                           sampler=c.get("sampler"),
@@ -169,11 +177,14 @@ def evaluate(cfg: Any) -> dict:
     print(f"[eval] {len(seeds)} episodes in {rollout_s:.1f} s; report in {out}", flush=True)
 
     for seed in record:
-        write_video(result.frames[seed], out / "videos" / f"seed{seed}.{c['video_format']}")
-    frame_grid([result.final_frames[s] for s in seeds],
-               [f"{s}: {e.max_reward:.2f}{' ok' if e.success else ''}"
-                for s, e in zip(seeds, result.episodes)], out / "final_frames.png")
-    report = {"config": c, "checkpoint": str(ckpt_path), "task": ckpt["task"], "step": ckpt["step"],
+        if seed in result.frames:
+            write_video(result.frames[seed], out / "videos" / f"seed{seed}.{c['video_format']}")
+    if len(result.final_frames) == len(seeds):
+        frame_grid([result.final_frames[s] for s in seeds],
+                   [f"{s}: {e.max_reward:.2f}{' ok' if e.success else ''}"
+                    for s, e in zip(seeds, result.episodes)], out / "final_frames.png")
+    report = {"config": {**c, "max_steps": max_steps}, "checkpoint": str(ckpt_path), "task": ckpt["task"],
+              "step": ckpt["step"],
               "training_seed": ckpt["config"].get("seed"),
               "policy_config": ckpt["policy_config"], "sampling": sampling, "metrics": summary, "latency": latency,
               "rollout_seconds": rollout_s, "machine": machine_info(device),

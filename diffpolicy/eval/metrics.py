@@ -90,13 +90,21 @@ def sampling_settings(eval_config: dict, policy_config: dict) -> dict[str, Any]:
 
 
 def summarize(episodes) -> dict[str, dict[str, float]]:
-    """Metrics of a list of :class:`~diffpolicy.eval.rollout.EpisodeResult`."""
-    return {
-        "score": mean_ci([e.max_reward for e in episodes]),
+    """Metrics of a list of :class:`~diffpolicy.eval.rollout.EpisodeResult`.
+
+    The score's interval is clipped to [0, 1] widened to the rewards seen (Push-T's lie in
+    [0, 1]; other envs' may not); the coverage metrics appear only when every episode
+    has one (envs reporting ``info["coverage"]``, such as Push-T).
+    """
+    rewards = [e.max_reward for e in episodes]
+    summary = {
+        "score": mean_ci(rewards, lo=min([0.0, *rewards]), hi=max([1.0, *rewards])),
         "success_rate": wilson_ci(sum(bool(e.success) for e in episodes), len(episodes)),
-        "max_coverage": mean_ci([e.max_coverage for e in episodes]),
-        "final_coverage": mean_ci([e.final_coverage for e in episodes]),
     }
+    if episodes and all(e.max_coverage is not None for e in episodes):
+        summary["max_coverage"] = mean_ci([e.max_coverage for e in episodes])
+        summary["final_coverage"] = mean_ci([e.final_coverage for e in episodes])
+    return summary
 
 
 def format_table(summary: dict[str, dict[str, float]], latency: dict[str, dict[str, float]] | None = None,
@@ -104,9 +112,11 @@ def format_table(summary: dict[str, dict[str, float]], latency: dict[str, dict[s
     """A Markdown table of :func:`summarize`'s metrics (and latencies, if given)."""
     lines = [f"### {title}", ""] if title else []
     lines += ["| metric | mean | 95% CI | n |", "|---|---|---|---|"]
-    names = {"score": "score (mean max reward)", "success_rate": "success rate (coverage > 0.95)",
+    names = {"score": "score (mean max reward)", "success_rate": "success rate",
              "max_coverage": "mean max coverage", "final_coverage": "mean final coverage"}
     for key, label in names.items():
+        if key not in summary:
+            continue
         m = summary[key]
         lines.append(f"| {label} | {m['mean']:.3f} | [{m['ci_low']:.3f}, {m['ci_high']:.3f}] | {m['n']} |")
     for key, lat in (latency or {}).items():

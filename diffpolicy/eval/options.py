@@ -29,7 +29,7 @@ class EvalConfig:
     task: str | None = None
     n_episodes: int = 50
     seed_start: int = 100000
-    max_steps: int = 300
+    max_steps: int | None = None        # None: the task's max_episode_steps (Push-T: 300)
     n_envs: int = 50
     use_ema: bool = True
     sampler: str | None = None
@@ -50,7 +50,7 @@ class EvalConfig:
 
 
 EVAL_KEYS = {f.name for f in fields(EvalConfig)}
-_AT_LEAST = {"n_episodes": 1, "max_steps": 1, "n_envs": 1, "seed_start": 0, "n_videos": 0,
+_AT_LEAST = {"n_episodes": 1, "n_envs": 1, "seed_start": 0, "n_videos": 0,
              "video_size": 1, "latency_calls": 0}
 
 
@@ -79,6 +79,8 @@ def check_eval_config(cfg: Mapping[str, Any]) -> dict:
             raise ConfigError(f"{key} must be >= {low}, got {c[key]}")
     if c["sampler"] is not None and c["sampler"] not in SAMPLERS:
         raise ConfigError(f"sampler must be {', '.join(SAMPLERS)} or null, got {c['sampler']!r}")
+    if c["max_steps"] is not None and c["max_steps"] < 1:
+        raise ConfigError(f"max_steps must be >= 1 or null, got {c['max_steps']}")
     if c["action_stride"] is not None and c["action_stride"] < 1:
         raise ConfigError(f"action_stride must be >= 1 or null, got {c['action_stride']}")
     if c["num_inference_steps"] is not None and c["num_inference_steps"] < 1:

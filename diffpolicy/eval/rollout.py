@@ -1,12 +1,16 @@
-"""Closed-loop rollouts of a policy in many Push-T environments at once.
+"""Closed-loop rollouts of a policy in many environments of its task at once.
+
+The environments come from the task config (``eval/task_env.py``): Push-T,
+Meta-World or any gymnasium env it names.
 
 All episodes run side by side: at every policy step the observation
 histories of the still-running episodes are stacked into one batch, the
 policy is called once, and each environment executes its ``Ta`` actions
-(receding horizon).  An episode ends on success (coverage > 0.95, the env's
-``terminated``) or after ``max_steps`` environment steps; a finished episode
-drops out of the batch.  With 50 episodes and 300 steps that is 38 batched
-policy calls instead of ~1900 calls at batch 1.
+(receding horizon).  An episode ends at its first success (the task's
+``success_key``; Push-T: coverage > 0.95, where its env also terminates), when
+the env terminates or truncates, or after ``max_steps`` environment steps; a finished episode
+drops out of the batch.  With 50 Push-T episodes and 300 steps that is 38
+batched policy calls instead of ~1900 calls at batch 1.
 
 Observation history: the last ``To`` observations of each episode; at reset
 the first observation is repeated ``To`` times (as the reference does).
@@ -26,16 +30,18 @@ import numpy as np
 import torch
 
 from diffpolicy.eval.ensemble import ActionEnsembler, check_ensemble_options
+from diffpolicy.eval.task_env import make_env, observations_to_policy, succeeded, try_render
 from diffpolicy.policy.diffusion_policy import DiffusionPolicy
+from diffpolicy.policy.run_config import TaskConfig, builtin_task
 
 
 @dataclass
 class EpisodeResult:
     seed: int
-    max_reward: float          # the paper's per-episode score
-    max_coverage: float
-    final_coverage: float      # coverage at the last executed step
-    success: bool              # coverage > 0.95 at some step
+    max_reward: float          # the best reward of the episode (Push-T: the paper's per-episode score)
+    max_coverage: float | None     # for envs that report info["coverage"] (Push-T), else None
+    final_coverage: float | None   # coverage at the last executed step
+    success: bool              # the task's success_key was true at some step
     steps: int
 
 
@@ -56,43 +62,17 @@ class RolloutResult:
         return float(np.mean([e.success for e in self.episodes]))
 
 
-def make_env(obs_type: str, render_size: int = 96):
-    """One Push-T environment observing ``obs_type`` (keypoints | state | image).
-
-    ``render()`` gives ``render_size`` RGB frames with the commanded target drawn;
-    observation images are always 96 x 96 without it.
-    """
-    from diffpolicy.envs.pusht import PushTEnv  # noqa: PLC0415
-
-    return PushTEnv(obs_type=obs_type, render_mode="rgb_array", render_size=render_size)
-
-
-def obs_to_policy(obs_type: str, history: list) -> dict[str, torch.Tensor]:
-    """Stack per-env histories (each a list of ``To`` env observations) into a policy batch.
-
-    keypoints / state: ``{"obs": (N, To, Do)}``;
-    image: ``{"image": (N, To, 3, H, W) float in [0, 1], "agent_pos": (N, To, 2)}``.
-    """
-    if obs_type != "image":
-        return {"obs": torch.as_tensor(np.asarray(history, dtype=np.float32))}
-    images = np.asarray([[o["image"] for o in h] for h in history])
-    if images.shape[-1] == 3 and images.shape[-3] != 3:          # (..., H, W, 3) -> (..., 3, H, W)
-        images = np.moveaxis(images, -1, -3)
-    images = torch.as_tensor(images)
-    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    pos = torch.as_tensor(np.asarray([[o["agent_pos"] for o in h] for h in history], dtype=np.float32))
-    return {"image": images, "agent_pos": pos}
-
-
 @torch.no_grad()
-def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_steps: int = 300,
+def run_rollouts(policy: DiffusionPolicy, task: TaskConfig | str, seeds: list[int], max_steps: int | None = None,
                  n_envs: int | None = None, device: torch.device | str = "cpu",
                  sampling_seed: int = 0, record_seeds: tuple[int, ...] = (),
                  video_size: int = 256, keep_final_frames: bool = False,
                  sampler: str | None = None, num_inference_steps: int | None = None,
                  progress: bool = True, temporal_ensemble: float | None = None,
                  replan_every: int | None = None, fixed_noise: bool = False) -> RolloutResult:
-    """Run one episode per seed; ``n_envs`` episodes at a time (default: all).
+    """Run one episode per seed of ``task`` (a task config, or the name of one in
+    ``diffpolicy/configs/task/``); ``n_envs`` episodes at a time (default: all), each at most
+    ``max_steps`` env steps (default: the task's ``max_episode_steps``).
 
     ``record_seeds`` episodes keep every rendered frame (``video_size`` pixels);
     ``keep_final_frames`` keeps the last frame of every episode.
@@ -104,6 +84,8 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
     deterministic function of the observations within an episode).
     """
     policy.eval()
+    task = builtin_task(task) if isinstance(task, str) else task
+    max_steps = max_steps or task.max_episode_steps
     to = policy.config.n_obs_steps
     coef, replan = None, 1
     if temporal_ensemble is not None or replan_every is not None:
@@ -117,25 +99,25 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
         bar = tqdm(total=len(seeds), desc="rollouts", dynamic_ncols=True)
     for start in range(0, len(seeds), n_envs):
         chunk = seeds[start:start + n_envs]
-        envs = [make_env(obs_type, video_size) for _ in chunk]
+        envs = [make_env(task, max_steps, video_size) for _ in chunk]
         history, info0 = [], []
         for env, seed in zip(envs, chunk):
             obs, info = env.reset(seed=seed)
             history.append([obs] * to)
             info0.append(info)
         # maxima are over the steps taken (as the reference's runner does), not the reset state
-        stats = {s: dict(max_reward=0.0, max_coverage=0.0, coverage=float(info["coverage"]),
+        stats = {s: dict(max_reward=-np.inf, max_coverage=None, coverage=_coverage(info),
                          success=False, steps=0) for s, info in zip(chunk, info0)}
         for env, s in zip(envs, chunk):
-            if s in record_seeds:
-                result.frames[s] = [env.render()]
+            if s in record_seeds and (frame := try_render(env)) is not None:
+                result.frames[s] = [frame]
         ensemblers = None if coef is None else [ActionEnsembler(to, coef) for _ in chunk]
         cfg = policy.config
         episode_noise = (torch.randn(len(chunk), cfg.horizon, cfg.action_dim, generator=gen, device=device)
                          if fixed_noise else None)
         active = list(range(len(chunk)))
         while active:
-            batch = obs_to_policy(obs_type, [history[i][-to:] for i in active])
+            batch = observations_to_policy(task, cfg.cameras, [history[i][-to:] for i in active])
             batch = {k: v.to(device) for k, v in batch.items()}
             t0 = time.perf_counter()
             predict = policy.predict_action if ensemblers is None else policy.predict_action_sequence
@@ -155,23 +137,24 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
                                                                          st["steps"], replan)
                 for a in plan:
                     obs, reward, terminated, truncated, info = envs[i].step(a)
-                    if seed in record_seeds:
-                        result.frames[seed].append(envs[i].render())
+                    if seed in result.frames and (frame := try_render(envs[i])) is not None:
+                        result.frames[seed].append(frame)
                     history[i].append(obs)
                     st["steps"] += 1
                     st["max_reward"] = max(st["max_reward"], float(reward))
-                    st["coverage"] = float(info["coverage"])
-                    st["max_coverage"] = max(st["max_coverage"], st["coverage"])
-                    st["success"] = st["success"] or bool(info.get("is_success", terminated))
-                    if terminated or st["steps"] >= max_steps:
+                    st["coverage"] = _coverage(info)
+                    if st["coverage"] is not None:
+                        st["max_coverage"] = max(st["max_coverage"] or 0.0, st["coverage"])
+                    st["success"] = st["success"] or succeeded(task, info)
+                    if terminated or truncated or st["success"] or st["steps"] >= max_steps:
                         done = True
                         break
                 history[i] = history[i][-to:]
                 if not done:
                     still.append(i)
                 else:
-                    if keep_final_frames:
-                        result.final_frames[seed] = envs[i].render()
+                    if keep_final_frames and (frame := try_render(envs[i])) is not None:
+                        result.final_frames[seed] = frame
                     if bar is not None:
                         bar.update(1)
             active = still
@@ -186,6 +169,10 @@ def run_rollouts(policy: DiffusionPolicy, obs_type: str, seeds: list[int], max_s
     if bar is not None:
         bar.close()
     return result
+
+
+def _coverage(info: dict) -> float | None:
+    return float(info["coverage"]) if "coverage" in info else None
 
 
 def _ensembled(ensembler: ActionEnsembler, sequence: np.ndarray, step: int, replan_every: int):

@@ -1,10 +1,13 @@
 """DiffusionPolicy: observation encoder + ConditionalUnet1D, trained to predict noise.
 
-Shapes (B batch, To observation steps, H horizon, Ta executed actions, Da = 2)::
+Shapes (B batch, To observation steps, H horizon, Ta executed actions, Da action size)::
 
-    obs        {"obs": (B, To, Do)}                                  low-dim
-               {"image": (B, To, 3, 96, 96) in [0, 1], "agent_pos": (B, To, 2)}   image
-    action     (B, H, Da)   world units (pixels)
+    obs        {"obs": (B, To, Do), <camera>: (B, To, C, H, W) in [0, 1] (or uint8 0..255), ...}
+               ("obs" absent when Do = 0; a low-dim-only policy also takes the tensor itself)
+    action     (B, H, Da)   world units (Push-T: pixels)
+
+The cameras and sizes come from ``PolicyConfig.cameras`` (a task config's, see
+``policy/run_config.py``); nothing here is specific to one task.
 
 Training (:meth:`compute_loss`): normalise to [-1, 1], encode the first ``To``
 observation steps into a global condition ``(B, To * F)``, draw a diffusion
@@ -42,10 +45,9 @@ from torch.nn import functional as F
 from diffpolicy.datasets.normalizer import LinearNormalizer
 from diffpolicy.diffusion.schedule import NoiseSchedule
 from diffpolicy.diffusion.unet1d import ConditionalUnet1D
-from diffpolicy.policy.encoders import ImageEncoder, LowDimEncoder
+from diffpolicy.policy.encoders import ObservationEncoder
 from diffpolicy.policy.execution import choose_unet_path, inference_bucket
 
-OBS_TYPES = ("lowdim", "image")
 SAMPLERS = ("ddpm", "ddim")
 LOSSES = ("mse", "l1")
 
@@ -54,11 +56,9 @@ LOSSES = ("mse", "l1")
 class PolicyConfig:
     """Everything needed to rebuild a policy (saved in every checkpoint)."""
 
-    obs_type: str = "lowdim"            # "lowdim" (keypoints / state) or "image"
-    obs_dim: int = 20                   # low-dim observation size (keypoints 20, state 5)
+    obs_dim: int = 20                   # low-dim observation size (Push-T keypoints 20, state 5; 0: none)
     action_dim: int = 2
-    image_shape: tuple[int, int, int] = (3, 96, 96)
-    agent_pos_dim: int = 2
+    cameras: dict = field(default_factory=dict)   # name -> {"shape": [C, H, W], "crop": [h, w] | None}
     horizon: int = 16
     n_obs_steps: int = 2
     n_action_steps: int = 8
@@ -71,7 +71,6 @@ class PolicyConfig:
     sampler: str = "ddim"
     num_inference_steps: int = 10
     clip_sample: bool = True
-    crop_shape: tuple[int, int] = (84, 84)
     num_keypoints: int = 32
     image_feature_dim: int = 64
     fast_unet: bool | str = "auto"      # auto: fast or plain UNet path, measured (policy/execution.py)
@@ -79,8 +78,11 @@ class PolicyConfig:
     action_stride: int = 1              # execute every k-th planned action (k > 1: the plan runs k times faster)
 
     def __post_init__(self) -> None:
-        if self.obs_type not in OBS_TYPES:
-            raise ValueError(f"policy.obs_type must be one of {OBS_TYPES}, got {self.obs_type!r}")
+        self.cameras = _check_cameras(self.cameras)
+        if isinstance(self.obs_dim, bool) or not isinstance(self.obs_dim, int) or self.obs_dim < 0:
+            raise ValueError(f"policy.obs_dim must be an integer >= 0, got {self.obs_dim!r}")
+        if self.obs_dim == 0 and not self.cameras:
+            raise ValueError("policy: observes nothing (obs_dim = 0 and no cameras)")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"policy.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.loss not in LOSSES:
@@ -110,12 +112,52 @@ class PolicyConfig:
             raise ValueError(f"policy.horizon must be divisible by {stride} (2 ** (len(down_dims) - 1): "
                              f"the UNet halves it at each of {len(self.down_dims) - 1} levels), "
                              f"got {self.horizon}")
-        self.image_shape = tuple(int(d) for d in self.image_shape)
-        self.crop_shape = tuple(int(d) for d in self.crop_shape)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PolicyConfig":
+        """The config stored in a checkpoint or pretrained folder; keys added since it was written
+        take their defaults.  Low-dim configs written before cameras existed (``obs_type:
+        lowdim``) are read as they were meant; their image ones are refused."""
+        d = dict(d)
+        if "obs_type" in d:
+            if d.pop("obs_type") != "lowdim":
+                raise ValueError("an image policy saved before cameras were configurable (obs_type: image): "
+                                 "this diffpolicy cannot rebuild it; retrain it")
+            for key in ("image_shape", "agent_pos_dim", "crop_shape"):
+                d.pop(key, None)
+        return cls(**d)
+
+    @property
+    def observes_images(self) -> bool:
+        return bool(self.cameras)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _check_cameras(cameras) -> dict:
+    """``{name: {"shape": [C, H, W], "crop": [h, w] | None}}`` checked, as plain lists."""
+    if not isinstance(cameras, dict):
+        raise ValueError(f"policy.cameras must be a mapping name -> {{shape, crop}}, got {cameras!r}")
+    out = {}
+    for name, cam in cameras.items():
+        if name in ("obs", "action") or not isinstance(name, str):
+            raise ValueError(f"policy.cameras: {name!r} cannot name a camera (obs and action are reserved)")
+        if not isinstance(cam, dict) or set(cam) - {"shape", "crop"} or "shape" not in cam:
+            raise ValueError(f"policy.cameras.{name} must be {{shape: [C, H, W], crop: [h, w] or null}}, "
+                             f"got {cam!r}")
+        shape, crop = cam["shape"], cam.get("crop")
+        if not (isinstance(shape, (list, tuple)) and len(shape) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+            raise ValueError(f"policy.cameras.{name}.shape must be 3 positive integers [C, H, W], got {shape!r}")
+        if crop is not None and not (isinstance(crop, (list, tuple)) and len(crop) == 2
+                                     and all(isinstance(v, int) and not isinstance(v, bool) for v in crop)
+                                     and 0 < crop[0] <= shape[1] and 0 < crop[1] <= shape[2]):
+            raise ValueError(f"policy.cameras.{name}.crop must be null or [h, w] within the image "
+                             f"{shape[1]}x{shape[2]}, got {crop!r}")
+        out[name] = {"shape": [int(v) for v in shape], "crop": None if crop is None else [int(v) for v in crop]}
+    return out
 
 
 def with_execution(config: PolicyConfig, n_action_steps: int | None = None,
@@ -150,18 +192,13 @@ class DiffusionPolicy(nn.Module):
     def __init__(self, config: PolicyConfig, normalizer: LinearNormalizer | None = None):
         super().__init__()
         self.config = cfg = config
-        if cfg.obs_type == "lowdim":
-            self.obs_encoder: nn.Module = LowDimEncoder(cfg.obs_dim)
-            norm_keys = {"obs", "action"}
-        else:
-            self.obs_encoder = ImageEncoder(cfg.crop_shape, cfg.num_keypoints,
-                                            cfg.image_feature_dim, cfg.agent_pos_dim)
-            norm_keys = {"image", "agent_pos", "action"}
+        self.obs_encoder = ObservationEncoder(cfg.obs_dim, cfg.cameras, cfg.num_keypoints, cfg.image_feature_dim)
+        norm_keys = set(cfg.cameras) | ({"obs"} if cfg.obs_dim else set()) | {"action"}
         # An empty normaliser is filled by load_state_dict (checkpoints carry the fitted one).
         self.normalizer = normalizer if normalizer is not None else LinearNormalizer()
         if normalizer is not None and not norm_keys <= set(normalizer.keys):
             raise ValueError(f"DiffusionPolicy: the normaliser has keys {sorted(normalizer.keys)}, "
-                             f"obs_type={cfg.obs_type!r} needs {sorted(norm_keys)}")
+                             f"the policy needs {sorted(norm_keys)}")
         self.global_cond_dim = cfg.n_obs_steps * self.obs_encoder.feature_dim
         self.unet = ConditionalUnet1D(cfg.action_dim, self.global_cond_dim, cfg.down_dims,
                                       cfg.step_embed_dim, cfg.kernel_size, cfg.n_groups,
@@ -175,22 +212,26 @@ class DiffusionPolicy(nn.Module):
     # ----------------------------------------------------------------- helpers
     def _normalize_obs(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """World-unit observations ``(B, T, ...)`` -> normalised, first ``To`` steps only."""
-        to = self.config.n_obs_steps
-        if self.config.obs_type == "lowdim":
-            x = obs["obs"]
-            if x.dim() != 3 or x.shape[1] < to or x.shape[-1] != self.config.obs_dim:
-                raise ValueError(f"DiffusionPolicy: obs['obs'] must have shape "
-                                 f"(B, >= {to}, {self.config.obs_dim}), got {tuple(x.shape)}")
-            return {"obs": self.normalizer.normalize("obs", x[:, :to].float())}
-        image, pos = obs["image"], obs["agent_pos"]
-        if image.dim() != 5 or image.shape[1] < to or tuple(image.shape[2:]) != self.config.image_shape:
-            raise ValueError(f"DiffusionPolicy: obs['image'] must have shape "
-                             f"(B, >= {to}, {', '.join(map(str, self.config.image_shape))}), "
-                             f"got {tuple(image.shape)}")
-        image = image[:, :to]
-        image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-        return {"image": self.normalizer.normalize("image", image),
-                "agent_pos": self.normalizer.normalize("agent_pos", pos[:, :to].float())}
+        to, cfg = self.config.n_obs_steps, self.config
+        out = {}
+        for name, cam in cfg.cameras.items():
+            if name not in obs:
+                raise ValueError(f"DiffusionPolicy: camera {name!r} is missing from the observation "
+                                 f"(got keys {sorted(obs)})")
+            image = obs[name]
+            if image.dim() != 5 or image.shape[1] < to or list(image.shape[2:]) != cam["shape"]:
+                raise ValueError(f"DiffusionPolicy: obs[{name!r}] must have shape "
+                                 f"(B, >= {to}, {', '.join(map(str, cam['shape']))}), got {tuple(image.shape)}")
+            image = image[:, :to]
+            image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+            out[name] = self.normalizer.normalize(name, image)
+        if cfg.obs_dim:
+            x = obs.get("obs")
+            if x is None or x.dim() != 3 or x.shape[1] < to or x.shape[-1] != cfg.obs_dim:
+                raise ValueError(f"DiffusionPolicy: obs['obs'] must have shape (B, >= {to}, {cfg.obs_dim}), "
+                                 f"got {None if x is None else tuple(x.shape)}")
+            out["obs"] = self.normalizer.normalize("obs", x[:, :to].float())
+        return out
 
     def choose_train_path(self, batch: int, log=print) -> bool:
         """Measure (``fast_unet: auto``) and set the UNet path for training at ``batch``;
@@ -243,9 +284,10 @@ class DiffusionPolicy(nn.Module):
                              f"got {tuple(action.shape)}")
         if obs_noise_std < 0:
             raise ValueError(f"DiffusionPolicy: obs_noise_std must be >= 0, got {obs_noise_std}")
-        if obs_noise_std > 0 and self.config.obs_type != "lowdim":
-            raise ValueError(f"DiffusionPolicy: obs_noise_std applies to low-dim observations only, "
-                             f"got obs_noise_std={obs_noise_std} with obs_type={self.config.obs_type!r}")
+        if obs_noise_std > 0 and (self.config.cameras or not self.config.obs_dim):
+            raise ValueError(f"DiffusionPolicy: obs_noise_std applies to policies observing a low-dim "
+                             f"vector only, got obs_noise_std={obs_noise_std} with cameras "
+                             f"{sorted(self.config.cameras)}")
         obs = batch["obs"] if isinstance(batch["obs"], dict) else {"obs": batch["obs"]}
         nobs = self._normalize_obs(obs)
         if obs_noise_std > 0:
@@ -321,15 +363,15 @@ class DiffusionPolicy(nn.Module):
                       generator: torch.Generator | None = None) -> torch.Tensor:
         """One observation step (world units) -> the action to execute now.
 
-        ``obs``: low-dim ``(Do,)`` or ``(B, Do)`` (or ``{"obs": ...}``); image
-        ``{"image": (3, H, W) or (B, 3, H, W) in [0, 1], "agent_pos": (2,) or (B, 2)}``.
+        ``obs``: low-dim ``(Do,)`` or ``(B, Do)`` (or ``{"obs": ...}``); with cameras
+        ``{"obs": (Do,) or (B, Do), <camera>: (C, H, W) or (B, C, H, W) in [0, 1]}``.
         Returns ``(Da,)``, or ``(B, Da)`` for batched input.  Calls :meth:`predict_action`
         (with ``generator``) when no queued action is left; :meth:`reset` first.
         """
         if not hasattr(self, "_history"):
             raise RuntimeError("DiffusionPolicy.select_action: call reset() at the start of each episode")
         obs = {"obs": obs} if isinstance(obs, torch.Tensor) else dict(obs)
-        key = "obs" if self.config.obs_type == "lowdim" else "image"
+        key = "obs" if self.config.obs_dim else next(iter(self.config.cameras))
         single = obs[key].dim() == (1 if key == "obs" else 3)
         if single:
             obs = {k: v.unsqueeze(0) for k, v in obs.items()}

@@ -1,15 +1,18 @@
-"""Observation encoders: normalised observations -> one feature vector per step.
+"""Observation encoder: normalised observations -> one feature vector per step.
 
-Both encoders take a dict of already normalised tensors with a leading
-``(B, T)`` and return ``(B, T, feature_dim)``; the policy flattens the ``T``
-steps into the UNet's global condition.
+:class:`ObservationEncoder` takes a dict of already normalised tensors with a
+leading ``(B, T)`` -- ``"obs"`` the low-dim vector ``(B, T, Do)`` (if the task
+has one) and one ``(B, T, C, H, W)`` image per camera -- and returns
+``(B, T, feature_dim)``: each camera's features in the config's order, then the
+low-dim vector; the policy flattens the ``T`` steps into the UNet's global
+condition.  Without cameras it is the identity on ``obs``, as in the
+reference's low-dim policy.
 
-* :class:`LowDimEncoder` -- the identity on the vector ``obs`` (keypoints or
-  state), as in the reference's low-dim policy.
-* :class:`ImageEncoder` -- per step: crop (random 84x84 in training, centre at
-  eval) -> ResNet-18 trunk (torchvision, no pretrained weights, BatchNorm
-  replaced by GroupNorm(C/16)) -> spatial softmax over 32 keypoints ->
-  Linear(64, 64) -> ReLU, then the normalised agent position appended.
+Per camera (:class:`CameraEncoder`, one per camera, weights not shared): crop
+(random in training, central at evaluation; none if the camera has no crop) ->
+ResNet-18 trunk (torchvision, no pretrained weights, BatchNorm replaced by
+GroupNorm(C/16), the first convolution taking the camera's channels) ->
+spatial softmax over 32 keypoints -> Linear(64, 64) -> ReLU.
 """
 from __future__ import annotations
 
@@ -18,49 +21,16 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
+from diffpolicy.datasets.crops import center_crop, random_crop
 
-class LowDimEncoder(nn.Module):
-    """Identity on ``obs["obs"] (B, T, Do) -> (B, T, Do)``."""
-
-    def __init__(self, obs_dim: int):
-        super().__init__()
-        self.obs_dim = self.feature_dim = obs_dim
-
-    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = obs["obs"]
-        if x.dim() != 3 or x.shape[-1] != self.obs_dim:
-            raise ValueError(f"LowDimEncoder: obs['obs'] must have shape (B, T, {self.obs_dim}), "
-                             f"got {tuple(x.shape)}")
-        return x
-
-
-def random_crop(images: torch.Tensor, size: tuple[int, int],
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """An independent random crop per image: ``(N, C, H, W) -> (N, C, h, w)``."""
-    n, c, height, width = images.shape
-    h, w = size
-    top = torch.randint(0, height - h + 1, (n,), generator=generator).to(images.device)
-    left = torch.randint(0, width - w + 1, (n,), generator=generator).to(images.device)
-    rows = (top[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
-    cols = (left[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
-    batch = torch.arange(n, device=images.device)[:, None, None, None]
-    chan = torch.arange(c, device=images.device)[None, :, None, None]
-    return images[batch, chan, rows, cols]
-
-
-def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The centre crop: ``(N, C, H, W) -> (N, C, h, w)``."""
-    height, width = images.shape[-2:]
-    top, left = (height - size[0]) // 2, (width - size[1]) // 2
-    return images[..., top:top + size[0], left:left + size[1]]
-
-
-def resnet18_groupnorm() -> nn.Sequential:
+def resnet18_groupnorm(in_channels: int = 3) -> nn.Sequential:
     """ResNet-18 trunk (no pretrained weights, no pooling/fc), BatchNorm -> GroupNorm(C/16).
 
-    ``(N, 3, h, w) -> (N, 512, ceil(h/32), ceil(w/32))``.
+    ``(N, in_channels, h, w) -> (N, 512, ceil(h/32), ceil(w/32))``.
     """
     net = torchvision.models.resnet18(weights=None)
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
 
     def swap(module: nn.Module) -> None:
         for name, child in module.named_children():
@@ -94,33 +64,54 @@ class SpatialSoftmax(nn.Module):
         return (attention @ grid).reshape(n, 2 * k)
 
 
-class ImageEncoder(nn.Module):
-    """``{"image": (B, T, 3, H, W) in [-1, 1], "agent_pos": (B, T, 2)} -> (B, T, F + 2)``.
+class CameraEncoder(nn.Module):
+    """``(N, C, H, W)`` in [-1, 1] -> ``(N, feature_dim)``; crops are random while
+    ``self.training`` and central otherwise (none when ``crop`` is None)."""
 
-    ``F = feature_dim`` (64).  Crops are random while ``self.training`` and
-    central otherwise.
-    """
-
-    def __init__(self, crop_shape: tuple[int, int] = (84, 84), num_keypoints: int = 32,
-                 feature_dim: int = 64, agent_pos_dim: int = 2):
+    def __init__(self, channels: int = 3, crop: tuple[int, int] | None = (84, 84), num_keypoints: int = 32,
+                 feature_dim: int = 64):
         super().__init__()
-        self.crop_shape = tuple(int(s) for s in crop_shape)
-        self.trunk = resnet18_groupnorm()
+        self.crop = None if crop is None else tuple(int(s) for s in crop)
+        self.trunk = resnet18_groupnorm(channels)
         self.pool = SpatialSoftmax(512, num_keypoints)
         self.proj = nn.Linear(2 * num_keypoints, feature_dim)
-        self.agent_pos_dim = agent_pos_dim
-        self.feature_dim = feature_dim + agent_pos_dim
+        self.feature_dim = feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.crop is not None:
+            x = random_crop(x, self.crop) if self.training else center_crop(x, self.crop)
+        return F.relu(self.proj(self.pool(self.trunk(x))))
+
+
+class ObservationEncoder(nn.Module):
+    """``{"obs": (B, T, Do), <camera>: (B, T, C, H, W)} -> (B, T, n_cameras * F + Do)``.
+
+    ``cameras``: name -> ``{"shape": [C, H, W], "crop": [h, w] | None}`` (a policy config's).
+    """
+
+    def __init__(self, obs_dim: int, cameras: dict | None = None, num_keypoints: int = 32,
+                 feature_dim: int = 64):
+        super().__init__()
+        self.obs_dim = obs_dim
+        self.shapes = {name: tuple(cam["shape"]) for name, cam in (cameras or {}).items()}
+        self.cameras = nn.ModuleDict({name: CameraEncoder(cam["shape"][0], cam.get("crop"), num_keypoints,
+                                                          feature_dim)
+                                      for name, cam in (cameras or {}).items()})
+        self.feature_dim = obs_dim + feature_dim * len(self.cameras)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        image, agent_pos = obs["image"], obs["agent_pos"]
-        if image.dim() != 5 or image.shape[2] != 3:
-            raise ValueError(f"ImageEncoder: obs['image'] must have shape (B, T, 3, H, W), "
-                             f"got {tuple(image.shape)}")
-        b, t = image.shape[:2]
-        x = image.reshape(b * t, *image.shape[2:])
-        if x.shape[-2] < self.crop_shape[0] or x.shape[-1] < self.crop_shape[1]:
-            raise ValueError(f"ImageEncoder: images {tuple(x.shape[-2:])} are smaller than "
-                             f"the crop {self.crop_shape}")
-        x = random_crop(x, self.crop_shape) if self.training else center_crop(x, self.crop_shape)
-        feat = F.relu(self.proj(self.pool(self.trunk(x))))
-        return torch.cat([feat.reshape(b, t, -1), agent_pos], dim=-1)
+        feats = []
+        for name, encoder in self.cameras.items():
+            image = obs[name]
+            if image.dim() != 5 or tuple(image.shape[2:]) != self.shapes[name]:
+                raise ValueError(f"ObservationEncoder: camera {name!r} must have shape "
+                                 f"(B, T, {', '.join(map(str, self.shapes[name]))}), got {tuple(image.shape)}")
+            b, t = image.shape[:2]
+            feats.append(encoder(image.reshape(b * t, *image.shape[2:])).reshape(b, t, -1))
+        if self.obs_dim:
+            x = obs["obs"]
+            if x.dim() != 3 or x.shape[-1] != self.obs_dim:
+                raise ValueError(f"ObservationEncoder: obs['obs'] must have shape (B, T, {self.obs_dim}), "
+                                 f"got {tuple(x.shape)}")
+            feats.append(x)
+        return feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)

@@ -4,7 +4,7 @@ A pretrained folder holds two files::
 
     model.safetensors  the policy's state_dict (EMA weights by default), normaliser buffers
                        included: every tensor contiguous, on the CPU
-    config.json        format + format_version, name, task, task_config (obs_type, dims ...),
+    config.json        format + format_version, name, task, task_config (keys, dims, env ...),
                        policy_config, step, training_seed, source_checkpoint (file name),
                        ema_weights (true: EMA, false: raw), model_sha256 (of model.safetensors)
 
@@ -35,6 +35,7 @@ from safetensors.torch import save as save_safetensors
 from diffpolicy.datasets.normalizer import STAT_NAMES
 from diffpolicy.policy.checkpoint import CheckpointError, atomic_write, load_checkpoint
 from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig, with_execution
+from diffpolicy.policy.run_config import ConfigError, task_config
 
 FORMAT = "diffpolicy-pretrained"
 FORMAT_VERSION = 1
@@ -174,9 +175,10 @@ def read_config(path: Path) -> dict:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise CheckpointError(f"{path}: key {key!r} must be "
                                   f"{' or '.join(_json_type(t) for t in types)}, found {value!r}")
-    if not isinstance(config["task_config"].get("obs_type"), str):
-        raise CheckpointError(f"{path}: key 'task_config.obs_type' must be a string, "
-                              f"found {config['task_config'].get('obs_type')!r}")
+    try:
+        task_config(config["task_config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: key 'task_config' does not describe a task: {exc}") from None
     return config
 
 
@@ -188,7 +190,7 @@ def _json_type(t: type) -> str:
 def _build_policy(policy_config: dict, where: str | Path) -> DiffusionPolicy:
     """A fresh policy (unfitted normaliser) from ``policy_config``; missing keys take their defaults."""
     try:
-        return DiffusionPolicy(PolicyConfig(**policy_config))
+        return DiffusionPolicy(PolicyConfig.from_dict(policy_config))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: policy_config does not describe a policy: {exc}") from exc
 
@@ -200,8 +202,9 @@ def expected_shapes(policy: DiffusionPolicy) -> dict[str, tuple[int, ...]]:
     cfg = policy.config
     shapes = {k: tuple(v.shape) for k, v in policy.state_dict().items()
               if not k.startswith("normalizer.")}
-    norm = ({"obs": (cfg.obs_dim,)} if cfg.obs_type == "lowdim" else
-            {"image": (), "agent_pos": (cfg.agent_pos_dim,)})
+    norm = {name: () for name in cfg.cameras}
+    if cfg.obs_dim:
+        norm["obs"] = (cfg.obs_dim,)
     norm["action"] = (cfg.action_dim,)
     for key, shape in norm.items():
         shapes.update({f"normalizer.params.{key}.{s}": shape for s in STAT_NAMES})

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from diffpolicy import paths
+from diffpolicy.datasets.demos import RESERVED, CameraSpec, DemoSpec, parse_key
+from diffpolicy.datasets.errors import DatasetError
 from diffpolicy.policy.diffusion_policy import PolicyConfig
 
-TASK_OBS_TYPES = ("keypoints", "state", "image")
+TASK_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "task"
 DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
@@ -39,11 +43,27 @@ def to_plain_config(cfg: Any) -> dict:
 
 @dataclass
 class TaskConfig:
-    name: str = "pusht_keypoints"
-    obs_type: str = "keypoints"
-    obs_dim: int = 20
+    """A task as data (``diffpolicy/configs/task/*.yaml``): where the demos are and which of
+    their arrays a policy observes and does, and for rollouts which gymnasium env to build
+    and how its observations map onto the same names.  See docs/tasks.md."""
+
+    name: str = "task"
+    dataset_path: str | None = None     # a zarr store; a relative path not found from the working
+                                        # folder is looked up under the data root (diffpolicy.paths)
+    action_key: str = "action"
     action_dim: int = 2
-    dataset_path: str | None = None
+    obs_keys: list[str] = field(default_factory=list)   # low-dim keys, flattened and concatenated
+    obs_dim: int = 0                    # their total size
+    cameras: dict = field(default_factory=dict)   # name -> {key, shape: [H, W, C], crop: [h, w] | null}
+    env: str | None = None              # an env variant (e.g. a Meta-World task) ${task.env} may refer to
+    env_id: str | None = None           # gymnasium id for rollouts (null: none; training only)
+    env_module: str | None = None       # imported before gymnasium.make (registers env_id)
+    env_kwargs: dict = field(default_factory=dict)
+    env_obs_keys: list[str] | None = None   # env observation keys concatenated to the low-dim vector
+                                            # (null: the observation is the vector itself)
+    env_camera_keys: dict = field(default_factory=dict)  # camera name -> env observation key
+    success_key: str = "is_success"     # info key that is true once the episode succeeded
+    max_episode_steps: int = 300        # evaluation episode length (diffpolicy-eval max_steps=null)
     val_ratio: float = 0.02
     split_seed: int = 42
     max_train_episodes: int | None = None
@@ -69,7 +89,7 @@ class TrainingConfig:
     eval_every: int = 0
     eval_episodes: int = 10
     eval_seed_start: int = 200000
-    eval_max_steps: int = 300
+    eval_max_steps: int | None = None   # None: the task's max_episode_steps
     checkpoint_every: int = 500
     keep_best: int = 3
     num_threads: int | None = None
@@ -161,9 +181,8 @@ def check_types(cls: type, section: Mapping[str, Any], where: str) -> None:
 
 
 _TOP_KEYS = {f.name for f in fields(TrainConfig)} | {"hydra"}
-# Policy keys set in policy/*.yaml; obs_type/obs_dim/action_dim come from the task.
-_POLICY_KEYS = ({f.name for f in fields(PolicyConfig)}
-                - {"obs_type", "obs_dim", "action_dim", "image_shape", "agent_pos_dim"}) | {"name"}
+# Policy keys set in policy/*.yaml; obs_dim, action_dim and cameras come from the task.
+_POLICY_KEYS = ({f.name for f in fields(PolicyConfig)} - {"obs_dim", "action_dim", "cameras"}) | {"name"}
 
 
 def _check_keys(section: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -197,10 +216,7 @@ def check_train_config(cfg: Mapping[str, Any]) -> TrainConfig:
     check_device(cfg.get("device", "auto"))
     run = TrainConfig(task=task, policy=dict(cfg["policy"]), training=training,
                       **{k: cfg[k] for k in ("seed", "device", "run_dir", "resume") if k in cfg})
-    if task.obs_type not in TASK_OBS_TYPES:
-        raise ConfigError(f"task.obs_type must be one of {TASK_OBS_TYPES}, got {task.obs_type!r}")
-    if task.frame_stride < 1:
-        raise ConfigError(f"task.frame_stride must be >= 1, got {task.frame_stride}")
+    check_task(task)
     t = training
     if (t.max_steps is None) == (t.max_epochs is None):
         raise ConfigError(f"set exactly one of training.max_steps and training.max_epochs "
@@ -219,7 +235,7 @@ def check_train_config(cfg: Mapping[str, Any]) -> TrainConfig:
         raise ConfigError(f"training.obs_noise_std must be >= 0, got {t.obs_noise_std}")
     if not 0 < t.obs_noise_decay_frac <= 1:
         raise ConfigError(f"training.obs_noise_decay_frac must be in (0, 1], got {t.obs_noise_decay_frac}")
-    if t.obs_noise_std > 0 and task.obs_type == "image":
+    if t.obs_noise_std > 0 and (task.cameras or not task.obs_dim):
         raise ConfigError(f"training.obs_noise_std={t.obs_noise_std} applies to low-dimensional "
                           f"observations only; task {task.name!r} observes images (set it to 0)")
     policy_config(run)  # value checks of the policy section
@@ -236,10 +252,118 @@ def check_device(name: str, key: str = "device") -> None:
 def policy_config(run: TrainConfig) -> PolicyConfig:
     """The :class:`PolicyConfig` of a run: the policy group plus the task's dimensions."""
     p = {k: v for k, v in run.policy.items() if k != "name"}
-    image = run.task.obs_type == "image"
+    cameras = {name: {"shape": list(cam.chw), "crop": None if cam.crop is None else list(cam.crop)}
+               for name, cam in camera_specs(run.task).items()}
     try:
-        return PolicyConfig(obs_type="image" if image else "lowdim",
-                            obs_dim=run.task.obs_dim, action_dim=run.task.action_dim,
-                            agent_pos_dim=2, **p)
+        return PolicyConfig(obs_dim=run.task.obs_dim, action_dim=run.task.action_dim, cameras=cameras, **p)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad policy config: {exc}") from exc
+
+
+# ---------------------------------------------------------------- the task
+_CAMERA_KEYS = {"key", "shape", "crop"}
+
+
+def _ints(value: Any, n: int) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == n
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+
+def camera_specs(task: TaskConfig) -> dict[str, CameraSpec]:
+    """``task.cameras`` checked: name -> {key, shape: [H, W, C], crop: [h, w] | null}."""
+    if not isinstance(task.cameras, Mapping):
+        raise ConfigError(f"task.cameras must be a mapping name -> {{key, shape, crop}}, got {task.cameras!r}")
+    specs = {}
+    for name, cam in task.cameras.items():
+        where = f"task.cameras.{name}"
+        if name in RESERVED:
+            raise ConfigError(f"{where}: {name!r} is reserved (a camera cannot be named {' or '.join(RESERVED)})")
+        if not isinstance(cam, Mapping):
+            raise ConfigError(f"{where} must be a mapping {{key, shape, crop}}, got {cam!r}")
+        _check_keys(cam, _CAMERA_KEYS, where)
+        if not isinstance(cam.get("key"), str):
+            raise ConfigError(f"{where}.key must be the store key of its images, got {cam.get('key')!r}")
+        if not _ints(cam.get("shape"), 3):
+            raise ConfigError(f"{where}.shape must be 3 positive integers [H, W, C], got {cam.get('shape')!r}")
+        crop = cam.get("crop")
+        if crop is not None and not (_ints(crop, 2) and crop[0] <= cam["shape"][0] and crop[1] <= cam["shape"][1]):
+            raise ConfigError(f"{where}.crop must be null or [h, w] within the {cam['shape'][0]}x"
+                              f"{cam['shape'][1]} image, got {crop!r}")
+        specs[name] = CameraSpec(cam["key"], tuple(cam["shape"]), None if crop is None else tuple(crop))
+    return specs
+
+
+def check_task(task: TaskConfig) -> None:
+    """Value checks of a task section (types are :func:`check_types`' job)."""
+    if task.action_dim < 1:
+        raise ConfigError(f"task.action_dim must be >= 1, got {task.action_dim}")
+    if task.obs_dim < 0:
+        raise ConfigError(f"task.obs_dim must be >= 0, got {task.obs_dim}")
+    for key in task.obs_keys:
+        try:
+            parse_key(key)
+        except DatasetError as exc:
+            raise ConfigError(f"task.obs_keys: {exc}") from None
+    if bool(task.obs_keys) != bool(task.obs_dim):
+        raise ConfigError(f"task.obs_keys ({list(task.obs_keys)}) and task.obs_dim ({task.obs_dim}) must be "
+                          f"both set or both empty / 0")
+    cameras = camera_specs(task)
+    if not task.obs_dim and not cameras:
+        raise ConfigError(f"task {task.name!r} observes nothing: set obs_keys and obs_dim, or cameras")
+    if task.env_id is not None:
+        missing = sorted(set(cameras) - set(task.env_camera_keys))
+        extra = sorted(set(task.env_camera_keys) - set(cameras))
+        if missing or extra:
+            raise ConfigError(f"task.env_camera_keys must map every camera to an env observation key: "
+                              f"{'missing ' + ', '.join(missing) if missing else ''}"
+                              f"{'; not a camera: ' + ', '.join(extra) if extra else ''}")
+    for key in ("max_episode_steps", "frame_stride"):
+        if getattr(task, key) < 1:
+            raise ConfigError(f"task.{key} must be >= 1, got {getattr(task, key)}")
+
+
+def demo_spec(task: TaskConfig) -> DemoSpec:
+    """What :func:`diffpolicy.datasets.demos.load_demos` reads for ``task``."""
+    return DemoSpec(action_dim=task.action_dim, obs_keys=tuple(task.obs_keys), obs_dim=task.obs_dim,
+                    cameras=camera_specs(task), action_key=task.action_key)
+
+
+def dataset_path(task: TaskConfig) -> Path:
+    """``task.dataset_path``: as given when absolute or found from the working folder,
+    else under the data root (``$DIFFPOLICY_DATA``, ../shared/data or ./data)."""
+    if not task.dataset_path:
+        raise ConfigError(f"task.dataset_path is not set for task {task.name!r} (a zarr store of demos)")
+    path = Path(task.dataset_path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    found = paths.data_root() / path
+    if not found.exists():
+        raise FileNotFoundError(f"task {task.name!r}: demos not found at {path} (nor at {found}, under the "
+                                f"data root; set ${paths.DATA_ENV_VAR} or task.dataset_path)")
+    return found
+
+
+def task_config(section: Mapping[str, Any]) -> TaskConfig:
+    """The task of a stored run config (checkpoint, pretrained folder).  A Push-T task written
+    before tasks were data (``obs_type: keypoints | state | image``) is read as the matching
+    ``configs/task/pusht_<obs_type>.yaml`` with the stored split settings."""
+    d = dict(section)
+    if "obs_type" in d and "obs_keys" not in d:
+        from dataclasses import asdict  # noqa: PLC0415
+
+        base = asdict(builtin_task(f"pusht_{d.pop('obs_type')}"))
+        d = {**base, **{k: v for k, v in d.items() if k in base and v is not None}}
+    return _build(TaskConfig, d, "task")
+
+
+def builtin_task(name: str) -> TaskConfig:
+    """The task config ``diffpolicy/configs/task/<name>.yaml`` (resolved; checked)."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    path = TASK_CONFIG_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in TASK_CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown task {name!r} (task configs: {', '.join(known)})")
+    task = _build(TaskConfig, OmegaConf.to_container(OmegaConf.load(path), resolve=True), "task")
+    check_task(task)
+    return task

@@ -42,16 +42,15 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from diffpolicy.datasets import DatasetError, fit_normalizer, load_pusht, pusht_loader
-from diffpolicy.datasets.pusht import PushTData
+from diffpolicy.datasets import DemoData, demo_loader, fit_normalizer, load_demos
 from diffpolicy.device import resolve_device
 from diffpolicy.eval_mode import eval_mode
 from diffpolicy.policy.checkpoint import (FORMAT, CheckpointDir, CheckpointError, load_checkpoint,
                                           rng_state, set_rng_state)
 from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from diffpolicy.policy.ema import EMA
-from diffpolicy.policy.run_config import (ConfigError, TrainConfig, check_train_config, policy_config,
-                                         to_plain_config)
+from diffpolicy.policy.run_config import (ConfigError, TrainConfig, check_train_config, dataset_path, demo_spec,
+                                         policy_config, to_plain_config)
 from diffpolicy.policy.run_lock import RunLock
 
 CSV_FIELDS = ("step", "epoch", "loss", "loss_steps", "lr", "samples_per_s", "val_loss", "eval_score",
@@ -81,24 +80,9 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def load_task_data(run: TrainConfig) -> PushTData:
-    """Load the task's demos and check they fit the task's dimensions."""
-    task = run.task
-    data = load_pusht(task.dataset_path, task=task.obs_type)
-    where = data.path
-    if task.obs_type == "image":
-        found = int(data.frames["agent_pos"].shape[1])
-        if found != task.obs_dim:
-            raise DatasetError(f"{where}: agent position has {found} dims, task {task.name!r} "
-                               f"expects obs_dim={task.obs_dim}")
-    elif data.obs_dim != task.obs_dim:
-        raise DatasetError(f"{where}: observations have {data.obs_dim} dims, task {task.name!r} "
-                           f"expects obs_dim={task.obs_dim}")
-    found_a = int(data.frames["action"].shape[1])
-    if found_a != task.action_dim:
-        raise DatasetError(f"{where}: actions have {found_a} dims, task {task.name!r} "
-                           f"expects action_dim={task.action_dim}")
-    return data
+def load_task_data(run: TrainConfig) -> DemoData:
+    """Load the demos the task config names (its store, keys, dimensions; checked)."""
+    return load_demos(dataset_path(run.task), demo_spec(run.task), name=run.task.name)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -254,7 +238,7 @@ def _train(cfg: Any, run: TrainConfig, rank: int, world: int, device: torch.devi
         resume_ckpt = load_checkpoint(ckpts.latest, task=run.task.name)
         # fast_unet picks kernels, not a model: a run may resume with another setting
         # keys added since the checkpoint was written (e.g. loss) take their defaults
-        saved = PolicyConfig(**resume_ckpt["policy_config"]).to_dict()
+        saved = PolicyConfig.from_dict(resume_ckpt["policy_config"]).to_dict()
         diff = sorted(k for k, v in pcfg.to_dict().items() if k != "fast_unet" and saved.get(k) != v)
         if diff:
             raise CheckpointError(f"{ckpts.latest} was saved with a different policy config "
@@ -281,8 +265,8 @@ def _train(cfg: Any, run: TrainConfig, rank: int, world: int, device: torch.devi
                  max_train_episodes=run.task.max_train_episodes, horizon=pcfg.horizon,
                  n_obs_steps=pcfg.n_obs_steps, n_action_steps=pcfg.n_action_steps, device=device,
                  frame_stride=run.task.frame_stride)
-    loader = pusht_loader(data, batch_size=t_cfg.batch_size, split="train", **split)
-    val_loader = pusht_loader(data, batch_size=256, split="val", shuffle=False, **split)
+    loader = demo_loader(data, batch_size=t_cfg.batch_size, split="train", **split)
+    val_loader = demo_loader(data, batch_size=256, split="val", shuffle=False, **split)
     n_windows = len(loader.windows)
     steps_per_epoch = n_windows // t_cfg.batch_size
     if steps_per_epoch < 1:
@@ -451,6 +435,6 @@ def _in_training_eval(policy: DiffusionPolicy, run: TrainConfig, device: torch.d
 
     t = run.training
     seeds = list(range(t.eval_seed_start, t.eval_seed_start + t.eval_episodes))
-    result = run_rollouts(policy, run.task.obs_type, seeds, max_steps=t.eval_max_steps, device=device,
+    result = run_rollouts(policy, run.task, seeds, max_steps=t.eval_max_steps, device=device,
                           progress=False)
     return result.score, result.success_rate

@@ -13,9 +13,12 @@ import zarr
 from diffpolicy import paths
 from diffpolicy.datasets import pusht
 from diffpolicy.datasets.errors import ChecksumError, CorruptDataError, DatasetError
-from diffpolicy.datasets.pusht import (PUSHT_TREE_SHA256, center_crop, download_pusht, fit_normalizer, load_pusht,
-                                       pusht_loader, random_crop, tree_sha256)
+from diffpolicy.datasets.crops import center_crop, random_crop
+from diffpolicy.datasets.demos import demo_loader as pusht_loader
+from diffpolicy.datasets.demos import fit_normalizer
+from diffpolicy.datasets.pusht import PUSHT_TREE_SHA256, download_pusht, load_pusht, tree_sha256
 from diffpolicy.datasets.replay_buffer import ReplayBuffer
+from diffpolicy.datasets.windows import split_episodes
 from zarr_stores import write_store
 
 
@@ -46,7 +49,7 @@ def test_keypoints_task_on_published_set(keypoints_data, pusht_zarr):
 def test_training_batches_keypoints(keypoints_data):
     loader = pusht_loader(keypoints_data, batch_size=256, max_train_episodes=90)
     lengths = keypoints_data.episode_lengths
-    train, _ = pusht.split_episodes(206, 0.02, 42, 90)
+    train, _ = split_episodes(206, 0.02, 42, 90)
     assert len(loader.windows) == int((lengths[train] - 16 + 1 + 1 + 7).sum())
     batch = next(iter(loader))
     assert set(batch) == {"obs", "action"}
@@ -83,10 +86,10 @@ def test_image_task_on_published_set(pusht_zarr):
     for ep in (0, 100, 205):  # uint8 in memory is lossless for the published pixels
         s, e = (int(ends[ep - 1]) if ep else 0), int(ends[ep])
         np.testing.assert_array_equal(img[s:e].permute(0, 2, 3, 1).numpy().astype(np.float32), rb.read("img", s, e))
-    np.testing.assert_array_equal(d.frames["agent_pos"].numpy(), rb.read("state")[:, :2])
+    np.testing.assert_array_equal(d.frames["obs"].numpy(), rb.read("state")[:, :2])
     batch = next(iter(pusht_loader(d, batch_size=64, crop=84)))
     assert batch["obs"]["image"].shape == (64, 2, 3, 84, 84)
-    assert batch["obs"]["agent_pos"].shape == (64, 2, 2) and batch["action"].shape == (64, 16, 2)
+    assert batch["obs"]["obs"].shape == (64, 2, 2) and batch["action"].shape == (64, 16, 2)
     im = batch["obs"]["image"]
     assert im.dtype == torch.float32 and 0 <= im.min() and im.max() <= 1
     full = next(iter(pusht_loader(d, batch_size=4, shuffle=False, split="all")))
@@ -95,7 +98,7 @@ def test_image_task_on_published_set(pusht_zarr):
     torch.testing.assert_close(full["obs"]["image"][0, 0], ref)
     torch.testing.assert_close(full["obs"]["image"][0, 1], ref)
     norm = fit_normalizer(d)
-    assert sorted(norm.keys) == ["action", "agent_pos", "image"]
+    assert sorted(norm.keys) == ["action", "image", "obs"]
 
 
 @pytest.mark.slow
@@ -176,7 +179,7 @@ def test_error_missing_key_and_unknown_task(tmp_path):
     with pytest.raises(DatasetError, match="unknown Push-T task 'pixels'"):
         load_pusht(path, task="pixels")
     d = load_pusht(path, task="keypoints")
-    with pytest.raises(DatasetError, match="crop=84 only applies to the image task"):
+    with pytest.raises(DatasetError, match="crop=84 applies to camera images; task .keypoints. has no cameras"):
         pusht_loader(d, crop=84)
     with pytest.raises(DatasetError, match="split must be one of"):
         pusht_loader(d, split="test")

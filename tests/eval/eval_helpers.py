@@ -3,6 +3,7 @@ minimal evaluation reports."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -11,22 +12,24 @@ from diffpolicy.datasets import LinearNormalizer
 from diffpolicy.policy.checkpoint import FORMAT, atomic_save
 from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from diffpolicy.policy.ema import EMA
+from diffpolicy.policy.run_config import builtin_task
 
 
 def make_checkpoint(path: Path, task: str = "pusht_keypoints", obs_type: str = "keypoints") -> Path:
-    """A checkpoint of a tiny random policy, laid out exactly as training writes it."""
+    """A checkpoint of a tiny random policy of the Push-T task ``pusht_<obs_type>``, laid out
+    exactly as training writes it (``task``: the name recorded)."""
     torch.manual_seed(0)
-    image = obs_type == "image"
-    obs_dim = {"keypoints": 20, "state": 5, "image": 2}[obs_type]
-    cfg = PolicyConfig(obs_type="image" if image else "lowdim", obs_dim=obs_dim, down_dims=(16, 32, 64),
-                       step_embed_dim=16, num_inference_steps=3, crop_shape=(76, 76))
-    data = {"action": torch.rand(64, 2) * 512}
-    data["agent_pos" if image else "obs"] = torch.rand(64, obs_dim) * 512
-    norm = LinearNormalizer().fit(data, image_keys=("image",) if image else ())
+    task_cfg = asdict(builtin_task(f"pusht_{obs_type}"))
+    cameras = {name: {"shape": [c["shape"][2], *c["shape"][:2]], "crop": [76, 76]}
+               for name, c in task_cfg["cameras"].items()}
+    cfg = PolicyConfig(obs_dim=task_cfg["obs_dim"], cameras=cameras, down_dims=(16, 32, 64),
+                       step_embed_dim=16, num_inference_steps=3)
+    data = {"action": torch.rand(64, 2) * 512, "obs": torch.rand(64, task_cfg["obs_dim"]) * 512}
+    norm = LinearNormalizer().fit(data, image_keys=tuple(cameras))
     policy = DiffusionPolicy(cfg, norm)
     ema = EMA(policy)
     ema.update(policy)
-    ckpt = {"format": FORMAT, "task": task, "config": {"task": {"name": task, "obs_type": obs_type}, "seed": 3},
+    ckpt = {"format": FORMAT, "task": task, "config": {"task": {**task_cfg, "name": task}, "seed": 3},
             "policy_config": cfg.to_dict(), "model": policy.state_dict(), "ema": ema.state_dict(),
             "normalizer": norm.state_dict(), "step": 7, "epoch": 0, "rng": [], "metrics": {}}
     return atomic_save(ckpt, path)

@@ -27,7 +27,7 @@ def test_a_control_loop_executes_the_rollouts_actions(keypoints_ckpt, monkeypatc
     policy, _ = load_policy(keypoints_ckpt)
     policy.config = replace(policy.config, action_stride=stride, n_action_steps=8 if stride == 1 else 5)
     actions = _recorded_steps(monkeypatch)
-    (episode,) = run_rollouts(policy, "keypoints", [100003], max_steps=23, progress=False).episodes
+    (episode,) = run_rollouts(policy, "pusht_keypoints", [100003], max_steps=23, progress=False).episodes
     batched, actions[:] = list(actions), []
 
     env = PushTEnv("keypoints")
@@ -66,7 +66,7 @@ def test_image_observations_one_step_at_a_time(tmp_path):
     from eval_helpers import make_checkpoint
     policy, _ = load_policy(make_checkpoint(tmp_path / "img.pt", task="pusht_image", obs_type="image"))
     policy.reset()
-    step = {"image": torch.rand(3, 96, 96), "agent_pos": torch.rand(2) * 512}
+    step = {"image": torch.rand(3, 96, 96), "obs": torch.rand(2) * 512}
     assert policy.select_action(step).shape == (2,)
     policy.reset()
     assert policy.select_action({k: v[None].repeat(2, *[1] * v.dim()) for k, v in step.items()}).shape == (2, 2)

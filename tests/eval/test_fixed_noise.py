@@ -14,7 +14,7 @@ class NoiseRecordingPolicy:
     """Returns constant actions and records the initial noise of every call."""
 
     def __init__(self):
-        self.config = SimpleNamespace(n_obs_steps=2, n_action_steps=8, horizon=16, action_dim=2)
+        self.config = SimpleNamespace(n_obs_steps=2, n_action_steps=8, horizon=16, action_dim=2, cameras={})
         self.noise = []
 
     def eval(self):
@@ -27,12 +27,12 @@ class NoiseRecordingPolicy:
 
 def test_each_episode_keeps_its_own_noise_across_calls():
     policy = NoiseRecordingPolicy()
-    ro.run_rollouts(policy, "keypoints", [0, 1, 2], max_steps=24, progress=False, fixed_noise=True)
+    ro.run_rollouts(policy, "pusht_keypoints", [0, 1, 2], max_steps=24, progress=False, fixed_noise=True)
     assert len(policy.noise) == 3 and all(n.shape == (3, 16, 2) for n in policy.noise)
     assert torch.equal(policy.noise[0], policy.noise[2])           # same episode, same noise
     assert not torch.equal(policy.noise[0][0], policy.noise[0][1])  # episodes differ
     again = NoiseRecordingPolicy()
-    ro.run_rollouts(again, "keypoints", [0, 1, 2], max_steps=8, progress=False, fixed_noise=True,
+    ro.run_rollouts(again, "pusht_keypoints", [0, 1, 2], max_steps=8, progress=False, fixed_noise=True,
                     sampling_seed=1)
     assert not torch.equal(again.noise[0], policy.noise[0])        # the sampling seed draws it
 

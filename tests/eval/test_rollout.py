@@ -12,7 +12,7 @@ class ScriptedPolicy:
     """Moves the agent +5 px in x per step from its last observed position; records its inputs."""
 
     def __init__(self, to=2, ta=8):
-        self.config = SimpleNamespace(n_obs_steps=to, n_action_steps=ta)
+        self.config = SimpleNamespace(n_obs_steps=to, n_action_steps=ta, cameras={})
         self.calls = []
 
     def eval(self):
@@ -29,7 +29,7 @@ class ScriptedPolicy:
 def test_histories_batching_and_step_limit():
     policy = ScriptedPolicy()
     seeds = [100000, 100001, 100002]
-    res = ro.run_rollouts(policy, "keypoints", seeds, max_steps=20, progress=False,
+    res = ro.run_rollouts(policy, "pusht_keypoints", seeds, max_steps=20, progress=False,
                           record_seeds=(100001,), keep_final_frames=True, video_size=64)
     assert [e.steps for e in res.episodes] == [20, 20, 20]
     assert res.call_batch == [3, 3, 3]                          # ceil(20 / 8) batched calls
@@ -64,8 +64,9 @@ def test_finished_episodes_leave_the_batch(monkeypatch):
                 return obs, 1.0, True, trunc, info
             return obs, reward, term, trunc, info
 
-    monkeypatch.setattr(ro, "make_env", lambda obs_type, render_size=96: EarlySuccess(obs_type, "rgb_array"))
-    res = ro.run_rollouts(ScriptedPolicy(), "keypoints", [5, 7], max_steps=30, progress=False)
+    monkeypatch.setattr(ro, "make_env",
+                        lambda task, max_steps=None, render_size=None: EarlySuccess("keypoints", "rgb_array"))
+    res = ro.run_rollouts(ScriptedPolicy(), "pusht_keypoints", [5, 7], max_steps=30, progress=False)
     by_seed = {e.seed: e for e in res.episodes}
     assert by_seed[7].steps == 13 and by_seed[7].success and by_seed[7].max_reward == 1.0
     assert by_seed[7].final_coverage == 0.97
@@ -75,9 +76,16 @@ def test_finished_episodes_leave_the_batch(monkeypatch):
 
 
 def test_image_observations_are_stacked_channels_first():
+    from diffpolicy.eval.task_env import observations_to_policy
+    from diffpolicy.policy.run_config import builtin_task
+
     env = PushTEnv("image")
     obs, _ = env.reset(seed=0)
-    batch = ro.obs_to_policy("image", [[obs, obs], [obs, obs]])
+    cameras = {"image": {"shape": [3, 96, 96], "crop": [84, 84]}}
+    batch = observations_to_policy(builtin_task("pusht_image"), cameras, [[obs, obs], [obs, obs]])
     assert batch["image"].shape == (2, 2, 3, 96, 96) and batch["image"].dtype == torch.float32
     assert 0.0 <= float(batch["image"].min()) and float(batch["image"].max()) <= 1.0
-    assert batch["agent_pos"].shape == (2, 2, 2)
+    assert batch["obs"].shape == (2, 2, 2)
+    hwc = {**obs, "image": obs["image"].transpose(1, 2, 0)}          # (H, W, C) images are moved too
+    assert torch.equal(observations_to_policy(builtin_task("pusht_image"), cameras, [[hwc, hwc]])["image"],
+                       batch["image"][:1])

@@ -16,7 +16,7 @@ class SequencePolicy:
     """Call c returns, for every env, entry j = (100 + 10 c + j, 200 + c): known sequences."""
 
     def __init__(self, to=2, horizon=16):
-        self.config = SimpleNamespace(n_obs_steps=to, n_action_steps=8, horizon=horizon)
+        self.config = SimpleNamespace(n_obs_steps=to, n_action_steps=8, horizon=horizon, cameras={})
         self.calls = 0
 
     def eval(self):
@@ -38,10 +38,11 @@ def test_executed_actions_are_the_weighted_means_of_aligned_entries(monkeypatch)
             executed.append(np.array(action, dtype=np.float64))
             return super().step(action)
 
-    monkeypatch.setattr(ro, "make_env", lambda obs_type, render_size=96: Recording(obs_type, "rgb_array"))
+    monkeypatch.setattr(ro, "make_env",
+                        lambda task, max_steps=None, render_size=None: Recording("keypoints", "rgb_array"))
     to, m, r = 3, 0.5, 2
     policy = SequencePolicy(to=to)
-    res = ro.run_rollouts(policy, "keypoints", [0], max_steps=7, progress=False, temporal_ensemble=m,
+    res = ro.run_rollouts(policy, "pusht_keypoints", [0], max_steps=7, progress=False, temporal_ensemble=m,
                           replan_every=r)
     assert policy.calls == 4 and res.call_batch == [1, 1, 1, 1]      # calls at steps 0, 2, 4, 6
     assert len(executed) == 7
@@ -78,7 +79,7 @@ def test_tiny_policy_is_called_every_replan_every_steps(tiny_policy, monkeypatch
 
     monkeypatch.setattr(tiny_policy, "predict_action_sequence", sequence)
     monkeypatch.setattr(tiny_policy, "predict_action", action)
-    res = ro.run_rollouts(tiny_policy, "keypoints", [100000, 100001], max_steps=10, progress=False,
+    res = ro.run_rollouts(tiny_policy, "pusht_keypoints", [100000, 100001], max_steps=10, progress=False,
                           temporal_ensemble=0.1, replan_every=3)
     assert counts == {"sequence": 4, "predict_action": 0}             # steps 0, 3, 6, 9
     assert res.call_batch == [2, 2, 2, 2]
@@ -90,11 +91,11 @@ def test_without_overlap_ensembling_is_the_receding_horizon(tiny_policy):
     """replan_every = H - To + 1 = 15: no two predictions share a step, so every step executes
     its call's entry To - 1 + k, exactly what n_action_steps = 15 executes."""
     seeds, kw = [100000, 100001], dict(max_steps=20, progress=False, sampling_seed=5)
-    ensembled = ro.run_rollouts(tiny_policy, "keypoints", seeds, temporal_ensemble=3.0, replan_every=15, **kw)
+    ensembled = ro.run_rollouts(tiny_policy, "pusht_keypoints", seeds, temporal_ensemble=3.0, replan_every=15, **kw)
     base = tiny_policy.config
     tiny_policy.config = replace(base, n_action_steps=15)
     try:
-        receding = ro.run_rollouts(tiny_policy, "keypoints", seeds, **kw)
+        receding = ro.run_rollouts(tiny_policy, "pusht_keypoints", seeds, **kw)
     finally:
         tiny_policy.config = base
     assert ensembled.call_batch == receding.call_batch == [2, 2]
@@ -103,5 +104,5 @@ def test_without_overlap_ensembling_is_the_receding_horizon(tiny_policy):
 
 def test_bad_options_are_refused(tiny_policy):
     with pytest.raises(ValueError, match=r"replan_every must be an integer in \[1, 15\]"):
-        ro.run_rollouts(tiny_policy, "keypoints", [0], max_steps=4, progress=False,
+        ro.run_rollouts(tiny_policy, "pusht_keypoints", [0], max_steps=4, progress=False,
                         temporal_ensemble=0.0, replan_every=16)

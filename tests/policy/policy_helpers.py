@@ -28,7 +28,7 @@ def tiny_overrides(store: Path, run_dir: Path, task: str = "pusht_keypoints", st
             "training.val_every": 6, "training.checkpoint_every": 4, "training.eval_every": 0,
             "training.num_threads": 1}
     if task == "pusht_image":
-        over.update({"policy.crop_shape": "[76,76]", "training.batch_size": 4})
+        over.update({"task.cameras.image.crop": "[76,76]", "training.batch_size": 4})
     over.update(extra)
     return [f"{k}={v}" for k, v in over.items()]
 

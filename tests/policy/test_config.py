@@ -18,7 +18,7 @@ def test_all_shipped_configs_validate(task, policy, training):
     run = check_train_config(compose_config("train", [f"task={task}", f"policy={policy}",
                                                       f"training={training}"]))
     pc = policy_config(run)
-    assert pc.obs_type == ("image" if task == "pusht_image" else "lowdim")
+    assert pc.cameras == ({"image": {"shape": [3, 96, 96], "crop": [84, 84]}} if task == "pusht_image" else {})
     assert pc.obs_dim == {"pusht_keypoints": 20, "pusht_state": 5, "pusht_image": 2}[task]
     assert run.run_dir == f"runs/{task}-{policy}-{training}-seed0"
 
@@ -35,8 +35,16 @@ def test_value_errors_name_the_key():
         check_train_config(compose_config("train", ["training.max_epochs=3"]))
     with pytest.raises(ConfigError, match="training.batch_size must be >= 1, got 0"):
         check_train_config(compose_config("train", ["training.batch_size=0"]))
-    with pytest.raises(ConfigError, match="task.obs_type must be one of"):
-        check_train_config(compose_config("train", ["task.obs_type=pixels"]))
+    with pytest.raises(ConfigError, match=r"task.obs_keys \(\['keypoint', 'state\[0:2\]'\]\) and task.obs_dim \(0\)"):
+        check_train_config(compose_config("train", ["task.obs_dim=0"]))
+    with pytest.raises(ConfigError, match="task.cameras.image.crop must be null or \\[h, w\\] within the 96x96"):
+        check_train_config(compose_config("train", ["task=pusht_image", "task.cameras.image.crop=[84,100]"]))
+    with pytest.raises(ConfigError, match="unknown config key task.cameras.image.size"):
+        check_train_config(compose_config("train", ["task=pusht_image", "+task.cameras.image.size=3"]))
+    with pytest.raises(ConfigError, match="task.env_camera_keys must map every camera.*not a camera: wrist"):
+        check_train_config(compose_config("train", ["task=pusht_image", "+task.env_camera_keys.wrist=w"]))
+    with pytest.raises(ConfigError, match="task.obs_keys: bad observation key 'state\\[0:2'"):
+        check_train_config(compose_config("train", ["task.obs_keys=[keypoint,'state[0:2']"]))
     with pytest.raises(ConfigError, match="policy.sampler must be one of"):
         check_train_config(compose_config("train", ["policy.sampler=euler"]))
     with pytest.raises(ConfigError, match="task.frame_stride must be >= 1, got 0"):
@@ -82,7 +90,7 @@ def test_config_groups_share_a_base_and_long_brings_its_policy():
     ("task.max_train_episodes=1.5", "task.max_train_episodes must be an integer or null, got 1.5 (float)"),
     ("policy.horizon=16.0", "policy.horizon must be an integer, got 16.0 (float)"),
     ("policy.down_dims=[a,b]", "policy.down_dims must be a list of integers, got ['a', 'b'] (list)"),
-    ("policy.crop_shape=[76]", "policy.crop_shape must be a list of 2 integers, got [76] (list)"),
+    ("task.obs_keys=state", "task.obs_keys must be a list of strings, got 'state' (str)"),
     ("policy.clip_sample=1", "policy.clip_sample must be true or false, got 1 (int)"),
     ("seed=abc", "seed must be an integer, got 'abc' (str)"),
     ("seed=1.5", "seed must be an integer, got 1.5 (float)"),

@@ -1,8 +1,10 @@
 import torch
 from torch import nn
 
-from diffpolicy.policy.encoders import (ImageEncoder, LowDimEncoder, SpatialSoftmax, center_crop,
-                                        random_crop, resnet18_groupnorm)
+import pytest
+
+from diffpolicy.datasets.crops import center_crop, random_crop
+from diffpolicy.policy.encoders import ObservationEncoder, SpatialSoftmax, resnet18_groupnorm
 
 
 def test_random_crop_takes_an_independent_window_per_image():
@@ -45,22 +47,34 @@ def test_spatial_softmax_finds_the_peak():
     torch.testing.assert_close(out, torch.tensor([[1.0, -1.0]]), atol=1e-3, rtol=0)
 
 
-def test_image_encoder_shapes_and_crop_modes():
+def test_camera_encoder_shapes_and_crop_modes():
     torch.manual_seed(0)
-    enc = ImageEncoder(crop_shape=(84, 84))
-    obs = {"image": torch.rand(2, 2, 3, 96, 96) * 2 - 1, "agent_pos": torch.rand(2, 2, 2)}
+    enc = ObservationEncoder(2, {"image": {"shape": [3, 96, 96], "crop": [84, 84]}})
+    obs = {"image": torch.rand(2, 2, 3, 96, 96) * 2 - 1, "obs": torch.rand(2, 2, 2)}
     enc.eval()
     a, b = enc(obs), enc(obs)
     assert a.shape == (2, 2, 66) and torch.equal(a, b)       # centre crop: deterministic
-    torch.testing.assert_close(a[..., -2:], obs["agent_pos"])
+    torch.testing.assert_close(a[..., -2:], obs["obs"])      # camera features first, then the vector
     enc.train()
     assert not torch.allclose(enc(obs), enc(obs))              # random crops differ
 
 
+def test_two_cameras_of_other_sizes_and_channels():
+    torch.manual_seed(0)
+    cams = {"wrist": {"shape": [1, 40, 48], "crop": None}, "front": {"shape": [3, 64, 80], "crop": [56, 72]}}
+    enc = ObservationEncoder(7, cams, feature_dim=16).eval()
+    obs = {"wrist": torch.rand(3, 2, 1, 40, 48), "front": torch.rand(3, 2, 3, 64, 80), "obs": torch.rand(3, 2, 7)}
+    out = enc(obs)
+    assert enc.feature_dim == 2 * 16 + 7 and out.shape == (3, 2, 39)
+    assert list(enc.cameras) == ["wrist", "front"]           # the config's order
+    torch.testing.assert_close(out[..., :16], enc.cameras["wrist"](obs["wrist"].reshape(6, 1, 40, 48)).reshape(3, 2, 16))
+    with pytest.raises(ValueError, match=r"camera 'front' must have shape \(B, T, 3, 64, 80\)"):
+        enc({**obs, "front": torch.rand(3, 2, 3, 96, 96)})
+
+
 def test_lowdim_encoder_is_identity_and_checks_shape():
-    enc = LowDimEncoder(20)
+    enc = ObservationEncoder(20)
     x = torch.randn(3, 2, 20)
-    assert torch.equal(enc({"obs": x}), x)
-    import pytest
+    assert torch.equal(enc({"obs": x}), x) and not list(enc.parameters())
     with pytest.raises(ValueError, match=r"\(B, T, 20\)"):
         enc({"obs": torch.randn(3, 2, 5)})

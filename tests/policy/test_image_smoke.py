@@ -17,7 +17,7 @@ def test_image_policy_trains_and_evaluates(small_store, tmp_path):
     result = train(compose_config("train", over), progress=False)
     assert result.step == 3
     ckpt = load_checkpoint(run_dir / "checkpoints" / "latest.pt", task="pusht_image")
-    assert ckpt["policy_config"]["obs_type"] == "image"
+    assert ckpt["policy_config"]["cameras"] == {"image": {"shape": [3, 96, 96], "crop": [76, 76]}}
     assert "eval_score" in ckpt["metrics"]                        # the in-training rollout ran
     best = list((run_dir / "checkpoints").glob("best_step00000003_score*.pt"))
     assert len(best) == 1

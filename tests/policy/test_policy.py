@@ -114,18 +114,18 @@ def test_untrained_policy_does_not_pass_the_overfit_check():
 
 def test_image_policy_loss_and_prediction_shapes():
     torch.manual_seed(0)
-    norm = LinearNormalizer().fit({"agent_pos": torch.rand(20, 2) * 512, "action": torch.rand(20, 2) * 512},
+    norm = LinearNormalizer().fit({"obs": torch.rand(20, 2) * 512, "action": torch.rand(20, 2) * 512},
                                   image_keys=("image",))
-    cfg = PolicyConfig(obs_type="image", down_dims=(16, 32, 64), step_embed_dim=16, crop_shape=(76, 76),
-                       num_inference_steps=2)
+    cfg = PolicyConfig(obs_dim=2, cameras={"image": {"shape": [3, 96, 96], "crop": [76, 76]}},
+                       down_dims=(16, 32, 64), step_embed_dim=16, num_inference_steps=2)
     policy = DiffusionPolicy(cfg, norm)
     assert policy.global_cond_dim == 2 * 66
-    obs = {"image": torch.rand(2, 2, 3, 96, 96), "agent_pos": torch.rand(2, 2, 2) * 512}
+    obs = {"image": torch.rand(2, 2, 3, 96, 96), "obs": torch.rand(2, 2, 2) * 512}
     loss = policy.compute_loss({"obs": obs, "action": torch.rand(2, 16, 2) * 512})
     loss.backward()
-    assert policy.obs_encoder.trunk[0].weight.grad is not None     # gradient reaches the ResNet
+    assert policy.obs_encoder.cameras["image"].trunk[0].weight.grad is not None   # gradient reaches the ResNet
     policy.eval()
-    uint8 = {"image": (obs["image"] * 255).round().to(torch.uint8), "agent_pos": obs["agent_pos"]}
+    uint8 = {"image": (obs["image"] * 255).round().to(torch.uint8), "obs": obs["obs"]}
     assert policy.predict_action(uint8).shape == (2, 8, 2)
 
 

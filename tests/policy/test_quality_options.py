@@ -81,14 +81,14 @@ def test_obs_noise_is_added_to_the_normalised_observations_only_when_std_is_posi
 
 
 def test_obs_noise_is_refused_for_images():
-    cfg = PolicyConfig(obs_type="image", obs_dim=2, down_dims=(16, 32, 64), step_embed_dim=16,
-                       crop_shape=(76, 76), fast_unet=False)
-    norm = LinearNormalizer().fit({"agent_pos": torch.rand(9, 2), "action": torch.rand(9, 2),
+    cfg = PolicyConfig(obs_dim=2, cameras={"image": {"shape": [3, 96, 96], "crop": [76, 76]}},
+                       down_dims=(16, 32, 64), step_embed_dim=16, fast_unet=False)
+    norm = LinearNormalizer().fit({"obs": torch.rand(9, 2), "action": torch.rand(9, 2),
                                    "image": torch.rand(9, 3, 96, 96)}, image_keys=("image",))
     policy = DiffusionPolicy(cfg, norm)
-    batch = {"obs": {"image": torch.rand(1, 2, 3, 96, 96), "agent_pos": torch.rand(1, 2, 2)},
+    batch = {"obs": {"image": torch.rand(1, 2, 3, 96, 96), "obs": torch.rand(1, 2, 2)},
              "action": torch.rand(1, 16, 2)}
-    with pytest.raises(ValueError, match="obs_noise_std applies to low-dim observations only"):
+    with pytest.raises(ValueError, match="obs_noise_std applies to policies observing a low-dim vector only"):
         policy.compute_loss(batch, obs_noise_std=0.1)
     with pytest.raises(ConfigError, match="training.obs_noise_std=0.1 applies to low-dimensional .*"
                                           "task 'pusht_image' observes images"):
@@ -170,15 +170,15 @@ def test_three_observation_steps_and_horizon_20_end_to_end(small_store, tmp_path
         return seq
 
     monkeypatch.setattr(DiffusionPolicy, "sample_actions", record)
-    out = run_rollouts(policy, "keypoints", [100000, 100001], max_steps=12, progress=False)
+    out = run_rollouts(policy, "pusht_keypoints", [100000, 100001], max_steps=12, progress=False)
     assert out.call_batch == [2, 2] and all(e.steps == 12 for e in out.episodes)     # 6 actions per call
     assert seen[0] == ((2, 3, 20), (2, 20, 2))
     seen.clear()
-    out = run_rollouts(policy, "keypoints", [100000], max_steps=12, progress=False, temporal_ensemble=0.1,
+    out = run_rollouts(policy, "pusht_keypoints", [100000], max_steps=12, progress=False, temporal_ensemble=0.1,
                        replan_every=18)                                           # H - To + 1 = 18
     assert out.call_batch == [1] and seen == [((1, 3, 20), (1, 20, 2))]
     with pytest.raises(ValueError, match=r"replan_every must be an integer in \[1, 18\]"):
-        run_rollouts(policy, "keypoints", [0], max_steps=4, progress=False, temporal_ensemble=0.1, replan_every=19)
+        run_rollouts(policy, "pusht_keypoints", [0], max_steps=4, progress=False, temporal_ensemble=0.1, replan_every=19)
 
 
 def test_horizon_must_suit_the_unet_levels():

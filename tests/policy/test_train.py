@@ -189,11 +189,12 @@ def test_bad_input_stops_before_training(small_store, tmp_path):
     with pytest.raises(ConfigError, match="bad policy config: .*horizon"):
         train(compose_config("train", tiny_overrides(small_store, tmp_path / "a", **{"policy.horizon": 4})))
     bad = _store_with(tmp_path, small_store, keypoint_shape=(8, 2))
-    with pytest.raises(DatasetError, match=r"data/keypoint has per-step shape \(8, 2\), expected \(9, 2\)"):
+    with pytest.raises(DatasetError, match=r"the observation keys give 18 values per step \(keypoint: 16, state\[0:2\]: 2\), "
+                                         r"task 'pusht_keypoints' expects obs_dim=20"):
         train(compose_config("train", tiny_overrides(bad, tmp_path / "b")))
-    with pytest.raises(DatasetError, match="data/img is missing"):
+    with pytest.raises(DatasetError, match=r"data/img \(camera .image. of task .pusht_image.\) is missing"):
         train(compose_config("train", tiny_overrides(bad, tmp_path / "c", task="pusht_image")))
-    with pytest.raises(DatasetError, match="observations have 20 dims, task 'pusht_keypoints' expects obs_dim=21"):
+    with pytest.raises(DatasetError, match="give 20 values per step .*task 'pusht_keypoints' expects obs_dim=21"):
         train(compose_config("train", tiny_overrides(small_store, tmp_path / "d", **{"task.obs_dim": 21})))
     with pytest.raises(FileNotFoundError, match="nowhere.zarr"):
         train(compose_config("train", tiny_overrides(tmp_path / "nowhere.zarr", tmp_path / "e")))
