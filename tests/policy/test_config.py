@@ -137,3 +137,12 @@ def test_cli_error_with_a_run_dir_that_is_not_a_string(tmp_path, monkeypatch, ca
         run_cli(refuse, run_dir=5)
     assert exc.value.code == 2 and not (tmp_path / "5").exists()
     assert capsys.readouterr().err == "error: run_dir must be a string, got 5 (int)\n"
+
+
+def test_metaworld_task_config_names_its_task_everywhere():
+    run = check_train_config(compose_config("train", ["task=metaworld", "task.env=drawer-open-v3"]))
+    t = run.task
+    assert t.name == "metaworld_drawer-open-v3" and t.dataset_path == "data/metaworld/drawer-open-v3.zarr"
+    assert t.env_kwargs == {"task_name": "drawer-open-v3"} and t.env_module == "diffpolicy.envs.metaworld"
+    assert (t.obs_dim, t.action_dim, t.cameras) == (39, 4, {})
+    assert policy_config(run).obs_dim == 39
