@@ -186,6 +186,7 @@ def evaluate(cfg: Any) -> dict:
     report = {"config": {**c, "max_steps": max_steps}, "checkpoint": str(ckpt_path), "task": ckpt["task"],
               "step": ckpt["step"],
               "training_seed": ckpt["config"].get("seed"),
+              "training_minutes": (ckpt.get("metrics") or {}).get("minutes"),   # None for pretrained folders
               "policy_config": ckpt["policy_config"], "sampling": sampling, "metrics": summary, "latency": latency,
               "rollout_seconds": rollout_s, "machine": machine_info(device),
               "episodes": [asdict(e) for e in result.episodes]}
