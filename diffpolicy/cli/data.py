@@ -1,15 +1,21 @@
-"""``diffpolicy-data``: inspect, verify, repair or download demo stores.
+"""``diffpolicy-data``: inspect, verify, repair, download or generate demo stores.
 
     diffpolicy-data info [--path STORE] [--verify]   episodes, lengths, arrays (checks the structure)
     diffpolicy-data verify [--path STORE]            the same, after reading and checking every value
     diffpolicy-data repair STORE                     roll back a killed append, remove *.partial files
     diffpolicy-data download [--dest DATA_ROOT]      the official Push-T archive
+    diffpolicy-data generate metaworld/TASK --episodes N --out STORE
+        [--seed-start S] [--max-steps M] [--post-success-steps K]
+                                                     scripted Meta-World demos (resumable; needs
+                                                     the metaworld extra, docs/metaworld.md)
 
 ``--path`` defaults to ``diffpolicy.paths.pusht_zarr_path()``; ``repair`` has no
 default, so it never writes into the shared demo store by accident (and it refuses
-a store without write permission).  Bad input ends with one ``error:`` line and
-exit status 2; warnings (an interrupted append) print as one ``warning:`` line.
-Also runs as ``python -m diffpolicy.datasets``.
+a store without write permission).  ``generate`` re-run with the same arguments
+continues a store where a killed run stopped, and refuses a store made with other
+settings.  Bad input ends with one ``error:`` line and exit status 2; warnings (an
+interrupted append) print as one ``warning:`` line.  Also runs as
+``python -m diffpolicy.datasets``.
 """
 from __future__ import annotations
 
@@ -47,9 +53,26 @@ def repair(path: Path) -> None:
     print_info(path)
 
 
+def generate(args: argparse.Namespace) -> None:
+    """Run the scripted-demo generator (``generate_demos``), then show the store."""
+    from diffpolicy.datasets import metaworld_demos as demos
+    try:
+        task = demos.parse_task(args.task)
+    except ImportError as e:           # the metaworld extra is not installed
+        raise demos.DemoGenerationError(str(e)) from e
+    report = demos.generate_demos(
+        task, args.episodes, args.out, seed_start=args.seed_start,
+        max_steps=demos.DEFAULT_MAX_STEPS if args.max_steps is None else args.max_steps,
+        post_success_steps=(demos.POST_SUCCESS_STEPS if args.post_success_steps is None
+                            else args.post_success_steps))
+    print(report.summary())
+    print_info(args.out)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffpolicy-data",
-                                     description="Push-T demo data: inspect, verify, repair or download.")
+                                     description="Demo data: inspect, verify, repair or download the "
+                                                 "Push-T set; generate scripted Meta-World demos.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     default = "store (default: diffpolicy.paths.pusht_zarr_path())"
     p_info = sub.add_parser("info", help="validate a store's structure and print its episodes and arrays")
@@ -63,6 +86,15 @@ def _parser() -> argparse.ArgumentParser:
     p_dl.add_argument("--dest", type=Path, default=None, help="data root (default: diffpolicy.paths.data_root())")
     p_dl.add_argument("--url", default=PUSHT_URL)
     p_dl.add_argument("--sha256", default=None, help="expected SHA-256 of the archive")
+    p_gen = sub.add_parser("generate", help="scripted Meta-World demos into a store (resumable)")
+    p_gen.add_argument("task", help="metaworld/<task>, e.g. metaworld/reach-v3 (any Meta-World v3 task)")
+    p_gen.add_argument("--episodes", type=int, required=True, help="successful episodes the store should hold")
+    p_gen.add_argument("--out", type=Path, required=True, help="the store (created, or continued)")
+    p_gen.add_argument("--seed-start", type=int, default=0, help="reset seed of the first episode (default 0)")
+    p_gen.add_argument("--max-steps", type=int, default=None,
+                       help="steps an episode has to succeed (default: the env's episode limit)")
+    p_gen.add_argument("--post-success-steps", type=int, default=None,
+                       help="steps recorded after the first success (default 10)")
     return parser
 
 
@@ -72,6 +104,8 @@ def _run(args: argparse.Namespace) -> None:
         try:
             if args.cmd == "download":
                 download_pusht(args.dest, args.url, args.sha256)
+            elif args.cmd == "generate":
+                generate(args)
             elif args.cmd == "repair":
                 repair(args.path)
             else:
