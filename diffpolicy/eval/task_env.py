@@ -45,8 +45,11 @@ def make_env(task: TaskConfig, max_steps: int | None = None, render_size: int | 
     kwargs = dict(task.env_kwargs)
     if render_size is not None and "render_size" in _constructor_args(spec):
         kwargs["render_size"] = render_size
-    return gymnasium.make(task.env_id, max_episode_steps=max_steps or task.max_episode_steps,
-                          render_mode="rgb_array", disable_env_checker=True, **kwargs)
+    try:
+        return gymnasium.make(task.env_id, max_episode_steps=max_steps or task.max_episode_steps,
+                              render_mode="rgb_array", disable_env_checker=True, **kwargs)
+    except ImportError as exc:      # an env whose simulator is an optional extra (e.g. Meta-World's)
+        raise ConfigError(f"task {task.name!r}: cannot build {task.env_id!r}: {exc}") from exc
 
 
 def _constructor_args(spec) -> set[str]:
