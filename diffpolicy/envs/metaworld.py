@@ -51,7 +51,7 @@ __all__ = ["MetaWorldEnv", "ENV_ID", "MAX_EPISODE_STEPS", "MT10_TASKS", "OBS_DIM
 ENV_ID = "diffpolicy/MetaWorld-v0"
 # Measured on MT10, seeds 0..199 (docs/metaworld.md): the scripted experts succeed after 48..111
 # steps on average per task; the slowest successes took 211 (push) and 352 steps (peg-insert-side,
-# 3 of 444 successes over 300).  300 gives 2.7x..6.2x the mean and costs 60 % of Meta-World's
+# 1 of 174 over 300).  300 gives 2.7x..6.2x the mean and costs 60 % of Meta-World's
 # own limit of 500 (its env refuses to step past that) for every failed episode.
 MAX_EPISODE_STEPS = 300
 OBS_DIM = 39
