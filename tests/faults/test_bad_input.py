@@ -135,7 +135,9 @@ TRAIN_KEYS = ["seed", "device", "run_dir", "resume"] + [f"training.{k}" for k in
     "batch_size", "lr", "weight_decay", "adam_betas", "warmup_steps", "max_steps", "max_epochs", "max_minutes",
     "grad_clip", "ema_power", "ema_max", "log_every", "val_every", "eval_every", "eval_episodes",
     "checkpoint_every", "keep_best", "num_threads", "obs_noise_std", "obs_noise_decay_frac")] + [
-    f"task.{k}" for k in ("obs_type", "obs_dim", "action_dim", "val_ratio", "split_seed", "max_train_episodes",
+    f"task.{k}" for k in ("dataset_path", "action_key", "action_dim", "obs_keys", "obs_dim", "cameras", "env",
+                          "env_id", "env_module", "env_kwargs", "env_obs_keys", "env_camera_keys", "success_key",
+                          "max_episode_steps", "val_ratio", "split_seed", "max_train_episodes",
                           "frame_stride")] + [
     f"policy.{k}" for k in ("horizon", "n_obs_steps", "n_action_steps", "down_dims", "num_train_timesteps",
                             "num_inference_steps")]
