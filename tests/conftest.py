@@ -34,6 +34,19 @@ def pusht_zarr() -> Path:
 
 
 @pytest.fixture(scope="session")
+def metaworld_installed() -> None:
+    """Meta-World (the optional ``metaworld`` extra) importable; else skip (locally) or fail
+    (under CI, where ``make setup`` installs it)."""
+    try:
+        import metaworld  # noqa: F401, PLC0415
+    except ImportError as e:
+        msg = f"metaworld is not importable ({e}); install the extra: pip install -e '.[metaworld]'"
+        if _under_ci():
+            pytest.fail(msg + "; CI=true, so a missing extra is a failure")
+        pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
 def fmnist_root() -> Path:
     """Folder holding the Fashion-MNIST IDX files (gzipped or raw)."""
     d = paths.fmnist_dir()

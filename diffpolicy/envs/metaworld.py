@@ -45,6 +45,8 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.registration import register, registry
 
+from diffpolicy.envs.actions import real_array
+
 __all__ = ["MetaWorldEnv", "ENV_ID", "MAX_EPISODE_STEPS", "MT10_TASKS", "OBS_DIM", "ACTION_DIM",
            "task_names", "metaworld_versions", "require_metaworld"]
 
@@ -129,18 +131,10 @@ def _quiet_viewer_del(hook):
 
 def _check_action(action: Any) -> np.ndarray:
     """``action`` as a ``(4,)`` float64 array of finite real numbers, else ``ValueError``."""
-    try:
-        arr = np.asarray(action)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"MetaWorldEnv.step: action must be 4 real numbers (dx, dy, dz, grip), "
-                         f"found {type(action).__name__} ({e})") from None
-    if arr.dtype.kind not in "iuf":
-        raise ValueError(f"MetaWorldEnv.step: action must be 4 real numbers (dx, dy, dz, grip), found "
-                         f"{type(action).__name__} of dtype {arr.dtype}; the environment state is unchanged")
+    arr = real_array(action, "MetaWorldEnv.step", "4 real numbers (dx, dy, dz, grip)")
     if arr.shape != (ACTION_DIM,):
         raise ValueError(f"MetaWorldEnv.step: action must have shape ({ACTION_DIM},) (dx, dy, dz, grip), "
                          f"found shape {arr.shape}")
-    arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"MetaWorldEnv.step: action must be finite, found {arr.tolist()}; "
                          f"the environment state is unchanged")

@@ -36,6 +36,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from diffpolicy.envs.actions import real_array
 from diffpolicy.envs.geometry import GOAL_POSE, coverage, keypoints_from_state
 from diffpolicy.envs.physics import CONTROL_HZ, PushTPhysics
 from diffpolicy.envs.render import WORLD_SIZE, SceneRenderer, draw_target
@@ -79,17 +80,8 @@ ACTION_LIMITS = (-512.0, 1024.0)     # per axis: the board [0, 512] plus one boa
 
 
 def _check_action(action) -> np.ndarray:
-    """``action`` as a float64 array, refusing what is not real numbers (strings, dicts,
-    objects, booleans, complex) with a ``ValueError`` that names what was found."""
-    try:
-        arr = np.asarray(action)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"PushTEnv.step: action must be two real numbers (target x, y), found "
-                         f"{type(action).__name__} ({exc})") from None
-    if arr.dtype.kind not in "iuf":
-        raise ValueError(f"PushTEnv.step: action must be two real numbers (target x, y), found "
-                         f"{type(action).__name__} of dtype {arr.dtype}; the environment state is unchanged")
-    return arr.astype(np.float64)
+    """``action`` as a float64 array of real numbers, else ``ValueError`` naming what was found."""
+    return real_array(action, "PushTEnv.step", "two real numbers (target x, y)")
 
 
 class PushTEnv(gym.Env):

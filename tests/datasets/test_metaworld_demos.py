@@ -4,7 +4,6 @@ a valid store, deterministic resume, refusals.
 Needs the ``metaworld`` extra: without it these tests skip, or fail under ``CI=true``."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -18,15 +17,7 @@ from diffpolicy.datasets.replay_buffer import PENDING_ATTR, ReplayBuffer
 from diffpolicy.envs.metaworld import MAX_EPISODE_STEPS, MT10_TASKS, MetaWorldEnv
 
 
-@pytest.fixture(autouse=True)
-def _metaworld_installed():
-    try:
-        import metaworld  # noqa: F401
-    except ImportError as e:
-        msg = f"metaworld is not importable ({e}); install the extra: pip install -e '.[metaworld]'"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(msg + "; CI=true, so a missing extra is a failure")
-        pytest.skip(msg)
+pytestmark = pytest.mark.usefixtures("metaworld_installed")
 
 
 def _episode_seeds(rb: ReplayBuffer) -> list[int]:
