@@ -49,6 +49,7 @@ from diffpolicy.policy.encoders import ObservationEncoder
 from diffpolicy.policy.execution import choose_unet_path, inference_bucket
 
 SAMPLERS = ("ddpm", "ddim")
+IMAGE_ENCODERS = ("resnet18", "small")
 LOSSES = ("mse", "l1")
 
 
@@ -73,6 +74,7 @@ class PolicyConfig:
     clip_sample: bool = True
     num_keypoints: int = 32
     image_feature_dim: int = 64
+    image_encoder: str = "resnet18"     # camera trunk: "resnet18" (published) or "small" (CPU; encoders.py)
     fast_unet: bool | str = "auto"      # auto: fast or plain UNet path, measured (policy/execution.py)
     loss: str = "mse"                   # epsilon-prediction loss: "mse" or "l1"
     action_stride: int = 1              # execute every k-th planned action (k > 1: the plan runs k times faster)
@@ -83,6 +85,8 @@ class PolicyConfig:
             raise ValueError(f"policy.obs_dim must be an integer >= 0, got {self.obs_dim!r}")
         if self.obs_dim == 0 and not self.cameras:
             raise ValueError("policy: observes nothing (obs_dim = 0 and no cameras)")
+        if self.image_encoder not in IMAGE_ENCODERS:
+            raise ValueError(f"policy.image_encoder must be one of {IMAGE_ENCODERS}, got {self.image_encoder!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"policy.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.loss not in LOSSES:
@@ -192,7 +196,8 @@ class DiffusionPolicy(nn.Module):
     def __init__(self, config: PolicyConfig, normalizer: LinearNormalizer | None = None):
         super().__init__()
         self.config = cfg = config
-        self.obs_encoder = ObservationEncoder(cfg.obs_dim, cfg.cameras, cfg.num_keypoints, cfg.image_feature_dim)
+        self.obs_encoder = ObservationEncoder(cfg.obs_dim, cfg.cameras, cfg.num_keypoints, cfg.image_feature_dim,
+                                              cfg.image_encoder)
         norm_keys = set(cfg.cameras) | ({"obs"} if cfg.obs_dim else set()) | {"action"}
         # An empty normaliser is filled by load_state_dict (checkpoints carry the fitted one).
         self.normalizer = normalizer if normalizer is not None else LinearNormalizer()

@@ -10,9 +10,15 @@ reference's low-dim policy.
 
 Per camera (:class:`CameraEncoder`, one per camera, weights not shared): crop
 (random in training, central at evaluation; none if the camera has no crop) ->
-ResNet-18 trunk (torchvision, no pretrained weights, BatchNorm replaced by
-GroupNorm(C/16), the first convolution taking the camera's channels) ->
-spatial softmax over 32 keypoints -> Linear(64, 64) -> ReLU.
+trunk -> spatial softmax over 32 keypoints -> Linear(64, 64) -> ReLU.  Trunks
+(``PolicyConfig.image_encoder``):
+
+* ``resnet18`` (the published one): torchvision's ResNet-18, no pretrained
+  weights, BatchNorm replaced by GroupNorm(C/16), the first convolution taking
+  the camera's channels; ``(N, C, h, w) -> (N, 512, h/32, w/32)``.
+* ``small`` (for CPUs): three strided convolutions 5x5/2 (32), 3x3/2 (64),
+  3x3/2 (64), each with GroupNorm(8) and ReLU; ``(N, C, h, w) -> (N, 64, h/8, w/8)``,
+  about 15x fewer multiply-adds than ResNet-18 at 84x84 and a finer keypoint grid.
 """
 from __future__ import annotations
 
@@ -64,16 +70,30 @@ class SpatialSoftmax(nn.Module):
         return (attention @ grid).reshape(n, 2 * k)
 
 
+def small_conv_trunk(in_channels: int = 3) -> nn.Sequential:
+    """Three strided convolutions with GroupNorm(8) and ReLU: ``(N, C, h, w) -> (N, 64, h/8, w/8)``."""
+    layers: list[nn.Module] = []
+    for c_in, c_out, k in ((in_channels, 32, 5), (32, 64, 3), (64, 64, 3)):
+        layers += [nn.Conv2d(c_in, c_out, k, stride=2, padding=k // 2), nn.GroupNorm(8, c_out), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+TRUNKS = {"resnet18": (resnet18_groupnorm, 512), "small": (small_conv_trunk, 64)}
+
+
 class CameraEncoder(nn.Module):
     """``(N, C, H, W)`` in [-1, 1] -> ``(N, feature_dim)``; crops are random while
     ``self.training`` and central otherwise (none when ``crop`` is None)."""
 
     def __init__(self, channels: int = 3, crop: tuple[int, int] | None = (84, 84), num_keypoints: int = 32,
-                 feature_dim: int = 64):
+                 feature_dim: int = 64, trunk: str = "resnet18"):
         super().__init__()
+        if trunk not in TRUNKS:
+            raise ValueError(f"CameraEncoder: trunk must be one of {sorted(TRUNKS)}, got {trunk!r}")
+        make_trunk, trunk_channels = TRUNKS[trunk]
         self.crop = None if crop is None else tuple(int(s) for s in crop)
-        self.trunk = resnet18_groupnorm(channels)
-        self.pool = SpatialSoftmax(512, num_keypoints)
+        self.trunk = make_trunk(channels)
+        self.pool = SpatialSoftmax(trunk_channels, num_keypoints)
         self.proj = nn.Linear(2 * num_keypoints, feature_dim)
         self.feature_dim = feature_dim
 
@@ -90,12 +110,12 @@ class ObservationEncoder(nn.Module):
     """
 
     def __init__(self, obs_dim: int, cameras: dict | None = None, num_keypoints: int = 32,
-                 feature_dim: int = 64):
+                 feature_dim: int = 64, trunk: str = "resnet18"):
         super().__init__()
         self.obs_dim = obs_dim
         self.shapes = {name: tuple(cam["shape"]) for name, cam in (cameras or {}).items()}
         self.cameras = nn.ModuleDict({name: CameraEncoder(cam["shape"][0], cam.get("crop"), num_keypoints,
-                                                          feature_dim)
+                                                          feature_dim, trunk)
                                       for name, cam in (cameras or {}).items()})
         self.feature_dim = obs_dim + feature_dim * len(self.cameras)
 

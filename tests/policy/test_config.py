@@ -12,7 +12,7 @@ from policy_helpers import compose_config
 
 
 @pytest.mark.parametrize("task", ["pusht_keypoints", "pusht_state", "pusht_image"])
-@pytest.mark.parametrize("policy", ["cpu", "cpu_wide", "published_lowdim", "published_image"])
+@pytest.mark.parametrize("policy", ["cpu", "cpu_wide", "cpu_image", "published_lowdim", "published_image"])
 @pytest.mark.parametrize("training", ["demo", "long", "published"])
 def test_all_shipped_configs_validate(task, policy, training):
     run = check_train_config(compose_config("train", [f"task={task}", f"policy={policy}",
@@ -146,3 +146,14 @@ def test_metaworld_task_config_names_its_task_everywhere():
     assert t.env_kwargs == {"task_name": "drawer-open-v3"} and t.env_module == "diffpolicy.envs.metaworld"
     assert (t.obs_dim, t.action_dim, t.cameras) == (39, 4, {})
     assert policy_config(run).obs_dim == 39
+
+
+def test_cpu_image_is_cpu_with_the_small_camera_trunk():
+    run = check_train_config(compose_config("train", ["task=pusht_image", "policy=cpu_image"]))
+    cpu = policy_config(check_train_config(compose_config("train", ["task=pusht_image", "policy=cpu"])))
+    pc = policy_config(run)
+    assert pc.image_encoder == "small" and cpu.image_encoder == "resnet18"
+    assert {k: v for k, v in pc.to_dict().items() if k != "image_encoder"} == \
+        {k: v for k, v in cpu.to_dict().items() if k != "image_encoder"}
+    with pytest.raises(ConfigError, match="policy.image_encoder must be one of"):
+        check_train_config(compose_config("train", ["task=pusht_image", "policy.image_encoder=vit"]))

@@ -78,3 +78,18 @@ def test_lowdim_encoder_is_identity_and_checks_shape():
     assert torch.equal(enc({"obs": x}), x) and not list(enc.parameters())
     with pytest.raises(ValueError, match=r"\(B, T, 20\)"):
         enc({"obs": torch.randn(3, 2, 5)})
+
+
+def test_small_trunk_gives_the_same_features_cheaper():
+    torch.manual_seed(0)
+    cams = {"image": {"shape": [3, 96, 96], "crop": [84, 84]}}
+    small = ObservationEncoder(2, cams, trunk="small").eval()
+    resnet = ObservationEncoder(2, cams).eval()
+    obs = {"image": torch.rand(2, 2, 3, 96, 96) * 2 - 1, "obs": torch.rand(2, 2, 2)}
+    assert small(obs).shape == resnet(obs).shape == (2, 2, 66)
+    trunk = small.cameras["image"].trunk
+    assert trunk(torch.zeros(1, 3, 84, 84)).shape == (1, 64, 11, 11)
+    assert all(m.num_groups == 8 for m in trunk.modules() if isinstance(m, nn.GroupNorm))
+    assert sum(p.numel() for p in small.parameters()) * 100 < sum(p.numel() for p in resnet.parameters())
+    with pytest.raises(ValueError, match="trunk must be one of \\['resnet18', 'small'\\], got 'vit'"):
+        ObservationEncoder(2, cams, trunk="vit")

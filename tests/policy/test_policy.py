@@ -112,12 +112,14 @@ def test_untrained_policy_does_not_pass_the_overfit_check():
     assert (seq - trajs).abs().mean(dim=(1, 2)).max() > 25.0
 
 
-def test_image_policy_loss_and_prediction_shapes():
+@pytest.mark.parametrize("image_encoder", ["resnet18", "small"])
+def test_image_policy_loss_and_prediction_shapes(image_encoder):
     torch.manual_seed(0)
     norm = LinearNormalizer().fit({"obs": torch.rand(20, 2) * 512, "action": torch.rand(20, 2) * 512},
                                   image_keys=("image",))
     cfg = PolicyConfig(obs_dim=2, cameras={"image": {"shape": [3, 96, 96], "crop": [76, 76]}},
-                       down_dims=(16, 32, 64), step_embed_dim=16, num_inference_steps=2)
+                       down_dims=(16, 32, 64), step_embed_dim=16, num_inference_steps=2,
+                       image_encoder=image_encoder)
     policy = DiffusionPolicy(cfg, norm)
     assert policy.global_cond_dim == 2 * 66
     obs = {"image": torch.rand(2, 2, 3, 96, 96), "obs": torch.rand(2, 2, 2) * 512}
