@@ -32,9 +32,9 @@ from diffpolicy.eval.options import check_eval_config, check_output_dir
 from diffpolicy.eval.rollout import run_rollouts
 from diffpolicy.eval.task_env import make_env, observations_to_policy
 from diffpolicy.eval.video import frame_grid, write_video
-from diffpolicy.policy.checkpoint import CheckpointError, load_checkpoint
-from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig, with_execution
-from diffpolicy.policy.pretrained import is_pretrained_path, load_pretrained
+from diffpolicy.policy.checkpoint import load_checkpoint
+from diffpolicy.policy.diffusion_policy import DiffusionPolicy, with_execution
+from diffpolicy.policy.pretrained import build_policy, is_pretrained_path, load_pretrained
 from diffpolicy.policy.run_config import ConfigError, TaskConfig, task_config, to_plain_config
 from diffpolicy.speed import machine_info
 
@@ -56,10 +56,7 @@ def load_policy(path: str | Path, use_ema: bool = True, task: str | None = None,
                               f"{asked} weights (diffpolicy-export{'' if use_ema else ' --raw'})")
         return policy, info
     ckpt = load_checkpoint(path, task=task)
-    try:
-        policy = DiffusionPolicy(PolicyConfig.from_dict(ckpt["policy_config"]))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: policy_config does not describe a policy: {exc}") from None
+    policy = build_policy(ckpt["policy_config"], path)
     state = ckpt["ema"]["averaged"] if use_ema else ckpt["model"]
     policy.load_state_dict(state)
     return policy.to(device).eval(), ckpt

@@ -131,10 +131,6 @@ class PolicyConfig:
                 d.pop(key, None)
         return cls(**d)
 
-    @property
-    def observes_images(self) -> bool:
-        return bool(self.cameras)
-
     def to_dict(self) -> dict:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

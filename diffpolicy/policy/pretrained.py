@@ -73,7 +73,7 @@ def export_pretrained(checkpoint_path: str | Path, out_dir: str | Path, use_ema:
         raise CheckpointError(f"{checkpoint_path} holds no EMA weights (key 'ema'); export the raw "
                               f"weights with use_ema=False / --raw")
     state = ckpt["ema"]["averaged"] if use_ema else ckpt["model"]
-    policy = _build_policy(ckpt["policy_config"], where)
+    policy = build_policy(ckpt["policy_config"], where)
     try:
         policy.config = with_execution(policy.config, n_action_steps, action_stride)
     except ValueError as exc:
@@ -129,7 +129,7 @@ def load_pretrained(path: str | Path, task: str | None = None,
         tensors = load_safetensors(blob)
     except SafetensorError as exc:
         raise CheckpointError(f"cannot read {weights_path}: {exc}") from exc
-    policy = _build_policy(config["policy_config"], cfg_path)
+    policy = build_policy(config["policy_config"], cfg_path)
     _check_tensors(tensors, policy, weights_path)
     policy.load_state_dict(tensors)
     info = {**config, "config": {"task": config["task_config"], "seed": config["training_seed"]},
@@ -187,7 +187,7 @@ def _json_type(t: type) -> str:
             type(None): "null"}[t]
 
 
-def _build_policy(policy_config: dict, where: str | Path) -> DiffusionPolicy:
+def build_policy(policy_config: dict, where: str | Path) -> DiffusionPolicy:
     """A fresh policy (unfitted normaliser) from ``policy_config``; missing keys take their defaults."""
     try:
         return DiffusionPolicy(PolicyConfig.from_dict(policy_config))
