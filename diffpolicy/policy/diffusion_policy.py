@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from diffpolicy.datasets.demos import RESERVED
 from diffpolicy.datasets.normalizer import LinearNormalizer
 from diffpolicy.diffusion.schedule import NoiseSchedule
 from diffpolicy.diffusion.unet1d import ConditionalUnet1D
@@ -136,24 +137,27 @@ class PolicyConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+def positive_ints(value, n: int) -> bool:
+    """Is ``value`` a list or tuple of ``n`` positive integers (not booleans)?"""
+    return (isinstance(value, (list, tuple)) and len(value) == n
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+
 def _check_cameras(cameras) -> dict:
     """``{name: {"shape": [C, H, W], "crop": [h, w] | None}}`` checked, as plain lists."""
     if not isinstance(cameras, dict):
         raise ValueError(f"policy.cameras must be a mapping name -> {{shape, crop}}, got {cameras!r}")
     out = {}
     for name, cam in cameras.items():
-        if name in ("obs", "action") or not isinstance(name, str):
-            raise ValueError(f"policy.cameras: {name!r} cannot name a camera (obs and action are reserved)")
+        if name in RESERVED or not isinstance(name, str):
+            raise ValueError(f"policy.cameras: {name!r} cannot name a camera ({' and '.join(RESERVED)} are reserved)")
         if not isinstance(cam, dict) or set(cam) - {"shape", "crop"} or "shape" not in cam:
             raise ValueError(f"policy.cameras.{name} must be {{shape: [C, H, W], crop: [h, w] or null}}, "
                              f"got {cam!r}")
         shape, crop = cam["shape"], cam.get("crop")
-        if not (isinstance(shape, (list, tuple)) and len(shape) == 3
-                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        if not positive_ints(shape, 3):
             raise ValueError(f"policy.cameras.{name}.shape must be 3 positive integers [C, H, W], got {shape!r}")
-        if crop is not None and not (isinstance(crop, (list, tuple)) and len(crop) == 2
-                                     and all(isinstance(v, int) and not isinstance(v, bool) for v in crop)
-                                     and 0 < crop[0] <= shape[1] and 0 < crop[1] <= shape[2]):
+        if crop is not None and not (positive_ints(crop, 2) and crop[0] <= shape[1] and crop[1] <= shape[2]):
             raise ValueError(f"policy.cameras.{name}.crop must be null or [h, w] within the image "
                              f"{shape[1]}x{shape[2]}, got {crop!r}")
         out[name] = {"shape": [int(v) for v in shape], "crop": None if crop is None else [int(v) for v in crop]}

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from diffpolicy import paths
 from diffpolicy.datasets.demos import RESERVED, CameraSpec, DemoSpec, parse_key
 from diffpolicy.datasets.errors import DatasetError
-from diffpolicy.policy.diffusion_policy import PolicyConfig
+from diffpolicy.policy.diffusion_policy import PolicyConfig, positive_ints
 
 TASK_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "task"
 DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
@@ -264,11 +264,6 @@ def policy_config(run: TrainConfig) -> PolicyConfig:
 _CAMERA_KEYS = {"key", "shape", "crop"}
 
 
-def _ints(value: Any, n: int) -> bool:
-    return (isinstance(value, (list, tuple)) and len(value) == n
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
-
-
 def camera_specs(task: TaskConfig) -> dict[str, CameraSpec]:
     """``task.cameras`` checked: name -> {key, shape: [H, W, C], crop: [h, w] | null}."""
     if not isinstance(task.cameras, Mapping):
@@ -283,10 +278,10 @@ def camera_specs(task: TaskConfig) -> dict[str, CameraSpec]:
         _check_keys(cam, _CAMERA_KEYS, where)
         if not isinstance(cam.get("key"), str):
             raise ConfigError(f"{where}.key must be the store key of its images, got {cam.get('key')!r}")
-        if not _ints(cam.get("shape"), 3):
+        if not positive_ints(cam.get("shape"), 3):
             raise ConfigError(f"{where}.shape must be 3 positive integers [H, W, C], got {cam.get('shape')!r}")
         crop = cam.get("crop")
-        if crop is not None and not (_ints(crop, 2) and crop[0] <= cam["shape"][0] and crop[1] <= cam["shape"][1]):
+        if crop is not None and not (positive_ints(crop, 2) and crop[0] <= cam["shape"][0] and crop[1] <= cam["shape"][1]):
             raise ConfigError(f"{where}.crop must be null or [h, w] within the {cam['shape'][0]}x"
                               f"{cam['shape'][1]} image, got {crop!r}")
         specs[name] = CameraSpec(cam["key"], tuple(cam["shape"]), None if crop is None else tuple(crop))
@@ -299,11 +294,12 @@ def check_task(task: TaskConfig) -> None:
         raise ConfigError(f"task.action_dim must be >= 1, got {task.action_dim}")
     if task.obs_dim < 0:
         raise ConfigError(f"task.obs_dim must be >= 0, got {task.obs_dim}")
-    for key in task.obs_keys:
-        try:
-            parse_key(key)
-        except DatasetError as exc:
-            raise ConfigError(f"task.obs_keys: {exc}") from None
+    for field_name in ("obs_keys", "env_obs_keys"):     # store keys, and the env's (read every step)
+        for key in getattr(task, field_name) or ():
+            try:
+                parse_key(key)
+            except DatasetError as exc:
+                raise ConfigError(f"task.{field_name}: {exc}") from None
     if bool(task.obs_keys) != bool(task.obs_dim):
         raise ConfigError(f"task.obs_keys ({list(task.obs_keys)}) and task.obs_dim ({task.obs_dim}) must be "
                           f"both set or both empty / 0")

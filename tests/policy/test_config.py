@@ -45,6 +45,8 @@ def test_value_errors_name_the_key():
         check_train_config(compose_config("train", ["task=pusht_image", "+task.env_camera_keys.wrist=w"]))
     with pytest.raises(ConfigError, match="task.obs_keys: bad observation key 'state\\[0:2'"):
         check_train_config(compose_config("train", ["task.obs_keys=[keypoint,'state[0:2']"]))
+    with pytest.raises(ConfigError, match="task.env_obs_keys: bad observation key 'agent_pos\\[0:'"):
+        check_train_config(compose_config("train", ["task=pusht_image", "task.env_obs_keys=['agent_pos[0:']"]))
     with pytest.raises(ConfigError, match="policy.sampler must be one of"):
         check_train_config(compose_config("train", ["policy.sampler=euler"]))
     with pytest.raises(ConfigError, match="task.frame_stride must be >= 1, got 0"):
@@ -157,3 +159,17 @@ def test_cpu_image_is_cpu_with_the_small_camera_trunk():
         {k: v for k, v in cpu.to_dict().items() if k != "image_encoder"}
     with pytest.raises(ConfigError, match="policy.image_encoder must be one of"):
         check_train_config(compose_config("train", ["task=pusht_image", "policy.image_encoder=vit"]))
+
+
+@pytest.mark.parametrize("cameras, message", [
+    ({"obs": {"shape": [3, 8, 8]}}, "policy.cameras: 'obs' cannot name a camera \\(obs and action are reserved\\)"),
+    ({"cam": {"shape": [3, 8]}}, "policy.cameras.cam.shape must be 3 positive integers"),
+    ({"cam": {"shape": [3, 8, True]}}, "policy.cameras.cam.shape must be 3 positive integers"),
+    ({"cam": {"shape": [3, 8, 8], "crop": [9, 4]}}, "policy.cameras.cam.crop must be null or \\[h, w\\] within the image 8x8"),
+    ({"cam": {"shape": [3, 8, 8], "crop": [0, 4]}}, "policy.cameras.cam.crop must be null"),
+    ({"cam": {"shape": [3, 8, 8], "size": 2}}, "policy.cameras.cam must be \\{shape"),
+])
+def test_stored_policy_cameras_are_checked(cameras, message):
+    from diffpolicy.policy.diffusion_policy import PolicyConfig
+    with pytest.raises(ValueError, match=message):
+        PolicyConfig(obs_dim=2, cameras=cameras)
