@@ -113,12 +113,13 @@ class DemoData:
         return int(self.frames[ACTION].shape[1])
 
 
-def load_demos(path: str | Path, spec: DemoSpec, name: str = "task") -> DemoData:
-    """Open the store at ``path`` read-only, check it against ``spec`` and load the arrays it names.
+def load_demos(store: str | Path | ReplayBuffer, spec: DemoSpec, name: str = "task") -> DemoData:
+    """Open the store (a path, opened read-only, or an open :class:`ReplayBuffer`), check it
+    against ``spec`` and load the arrays it names.
 
     Only those arrays are read, each checked for NaN/inf and undecodable chunks as it is read.
     """
-    rb = ReplayBuffer.open(path, mode="r")
+    rb = store if isinstance(store, ReplayBuffer) else ReplayBuffer.open(store, mode="r")
     what = f"task {name!r}"
     if rb.n_episodes == 0:
         raise DatasetError(f"{rb.path}: store has no episodes")

@@ -55,7 +55,7 @@ PUSHT_SCHEMA = {
     "img": ArraySpec((96, 96, 3), _FLOAT + ("uint8",)),
     "n_contacts": ArraySpec((1,), _FLOAT),
 }
-# The three Push-T tasks as demo specs (the same as diffpolicy/configs/task/pusht_*.yaml, a test checks).
+# The three Push-T tasks as demo specs: what configs/task/pusht_*.yaml name (test_config checks they agree).
 PUSHT_DEMOS = {
     "state": DemoSpec(action_dim=2, obs_keys=("state",), obs_dim=5),
     "keypoints": DemoSpec(action_dim=2, obs_keys=("keypoint", "state[0:2]"), obs_dim=20),
@@ -84,9 +84,9 @@ def load_pusht(path: str | Path | None = None, task: str = "keypoints") -> DemoD
                                     f"`python -m diffpolicy.datasets download`")
     spec = PUSHT_DEMOS[task]
     keys = {parse_key(k)[0] for k in spec.obs_keys} | {c.key for c in spec.cameras.values()} | {"action"}
-    ReplayBuffer.open(path, mode="r").check_schema({k: PUSHT_SCHEMA[k] for k in sorted(keys)},
-                                                   what=f"Push-T task '{task}'")
-    return load_demos(path, spec, name=task)
+    rb = ReplayBuffer.open(path, mode="r")
+    rb.check_schema({k: PUSHT_SCHEMA[k] for k in sorted(keys)}, what=f"Push-T task '{task}'")
+    return load_demos(rb, spec, name=task)
 
 
 # ---------------------------------------------------------------------- download

@@ -173,3 +173,10 @@ def test_stored_policy_cameras_are_checked(cameras, message):
     from diffpolicy.policy.diffusion_policy import PolicyConfig
     with pytest.raises(ValueError, match=message):
         PolicyConfig(obs_dim=2, cameras=cameras)
+
+
+@pytest.mark.parametrize("obs_type", ["state", "keypoints", "image"])
+def test_load_pusht_reads_what_the_task_config_names(obs_type):
+    from diffpolicy.datasets.pusht import PUSHT_DEMOS
+    from diffpolicy.policy.run_config import builtin_task, demo_spec
+    assert PUSHT_DEMOS[obs_type] == demo_spec(builtin_task(f"pusht_{obs_type}"))
