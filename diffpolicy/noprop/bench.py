@@ -10,6 +10,12 @@ Rows are plain dicts (from the Hydra config)::
 
     {name, kind: dt | backprop_dt | ct | fm | backprop, backbone, stem, epochs, ...}
 
+NoProp rows are tested with deterministic inference and with the paper's
+stochastic inference, the latter ``stochastic_runs`` times (mean and s.d. over
+sampling runs); ``select_on`` names the mode that picks the epoch on the
+validation split.  Every row also records the peak tensor memory of one training
+step (:mod:`diffpolicy.noprop.memory`) beside the process's peak RSS.
+
 (``fm``, NoProp-FM, is not in the default table; add a row to run it.)
 """
 from __future__ import annotations
@@ -21,6 +27,7 @@ import resource
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -32,9 +39,11 @@ from diffpolicy.noprop.ct import NoPropCT
 from diffpolicy.noprop.dt import NoPropDT
 from diffpolicy.noprop.embeddings import class_medoids
 from diffpolicy.noprop.fm import NoPropFM
+from diffpolicy.noprop.memory import training_step_memory
 from diffpolicy.noprop.train import TrainConfig, fit
 
 KINDS = ("dt", "backprop_dt", "ct", "fm", "backprop")
+CT_OPTIONS = ("norm", "time_path", "learn_endpoints", "t_sampling", "gamma_0", "gamma_1")
 METHOD = {"dt": "NoProp-DT", "backprop_dt": "Backprop (same T blocks)", "ct": "NoProp-CT",
           "fm": "NoProp-FM", "backprop": "Backprop"}
 
@@ -46,11 +55,14 @@ def build_model(row: dict, data) -> torch.nn.Module:
         raise ValueError(f"row {row.get('name')!r}: kind expected one of {KINDS}, got {kind!r}")
     common = dict(n_classes=data.n_classes, embedding=row.get("embedding", "learned"),
                   embed_dim=row.get("embed_dim", 20))
+    if kind in ("dt", "ct"):
+        common["head_init"] = row.get("head_init", "embedding")
     if common["embedding"] == "prototype":
         common["prototypes"] = class_medoids(data.train_x, data.train_y, data.n_classes)
     if kind == "dt":
         return NoPropDT(T=row.get("T", 10), eta=row.get("eta", 0.1),
-                        dropout=row.get("dropout", 0.2), **common)
+                        dropout=row.get("dropout", 0.2), block_loss=row.get("block_loss", "sum"),
+                        **common)
     if kind == "backprop_dt":
         return BackpropDT(T=row.get("T", 10), dropout=row.get("dropout", 0.2), **common)
     if kind == "fm":
@@ -58,7 +70,8 @@ def build_model(row: dict, data) -> torch.nn.Module:
                         dropout=row.get("dropout", 0.2), **common)
     if kind == "ct":
         return NoPropCT(row.get("backbone", "resnet18"), eta=row.get("eta", 1.0),
-                        stem=row.get("stem", "imagenet"), dropout=row.get("dropout", 0.2), **common)
+                        stem=row.get("stem", "imagenet"), dropout=row.get("dropout", 0.2),
+                        **{k: row[k] for k in CT_OPTIONS if k in row}, **common)
     return BackboneClassifier(row.get("backbone", "resnet18"), data.n_classes,
                               stem=row.get("stem", "imagenet"))
 
@@ -71,7 +84,13 @@ def row_train_config(row: dict, train: dict, seed: int) -> TrainConfig:
     if row["kind"] in ("dt", "ct", "fm"):
         default_steps = {"ct": 1000, "fm": 100}.get(row["kind"])
         extra = {"steps": row.get("inference_steps", default_steps)} if default_steps else {}
-        kw["predict_modes"] = {"deterministic": dict(extra), "stochastic": dict(extra, stochastic=True)}
+        modes = {"stochastic": dict(extra, stochastic=True, runs=row.get("stochastic_runs", 5)),
+                 "deterministic": dict(extra)}
+        first = row.get("select_on", "stochastic")
+        if first not in modes:
+            raise ValueError(f"row {row.get('name')!r}: select_on expected 'stochastic' or "
+                             f"'deterministic', got {first!r}")
+        kw["predict_modes"] = {first: modes[first], **modes}
         if default_steps:
             kw["val_overrides"] = {"steps": row.get("val_inference_steps", min(100, default_steps))}
     else:
@@ -100,6 +119,11 @@ def run_row(row: dict, seed: int, cfg: dict, out_dir: Path) -> dict:
             f.write(line + "\n")
 
     res = fit(model, data, tcfg, checkpoint=out_dir / "checkpoints" / f"{tag}.pt", desc=tag, log=log)
+    one_block = row["kind"] == "dt" and tcfg.block_schedule != "all"
+    step_cfg = replace(tcfg, precision=res["precision"], layout=res["layout"])
+    bs = tcfg.batch_size
+    res["train_memory"] = training_step_memory(model, step_cfg, data.train_x[:bs], data.train_y[:bs],
+                                               slice(0, 1) if one_block else slice(None))
     res.update(row=row["name"], seed=seed, kind=row["kind"], method=METHOD[row["kind"]],
                backbone=row.get("backbone", "paper CNN" if row["kind"] in ("dt", "backprop_dt")
                                 else "resnet18"),
@@ -126,7 +150,8 @@ def _child(row: dict, seed: int, cfg: dict, out_dir: str, result_path: str) -> N
 TOP_KEYS = {"out_dir", "isolate", "threads", "seeds", "only", "data", "train", "rows"}
 DATA_KEYS = {"root", "val_size", "split_seed", "train_subset", "test_subset", "download"}
 ROW_KEYS = {"name", "kind", "T", "embedding", "embed_dim", "eta", "dropout", "epochs", "backbone", "stem",
-            "inference_steps", "val_inference_steps", "train"}
+            "inference_steps", "val_inference_steps", "train", "head_init", "block_loss",
+            "stochastic_runs", "select_on", *CT_OPTIONS}
 
 
 def check_config(cfg: dict) -> None:
@@ -190,56 +215,79 @@ def run_table(cfg: dict) -> list[dict]:
     return results
 
 
-def _mean_se(values: list[float]) -> tuple[float, float | None]:
+def _mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value)."""
     m = sum(values) / len(values)
     if len(values) < 2:
         return m, None
-    var = sum((v - m) ** 2 for v in values) / (len(values) - 1)
-    return m, math.sqrt(var / len(values))
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def _sampling_sd(rs: list[dict], mode: str) -> float | None:
+    """Mean over seeds of the s.d. of test accuracy (%) across a mode's sampling runs."""
+    sds = [_mean_sd([100 * a for a in r.get("test_acc_runs", {}).get(mode, [])])[1]
+           for r in rs if len(r.get("test_acc_runs", {}).get(mode, [])) > 1]
+    return sum(sds) / len(sds) if sds else None
 
 
 def summarise(results: list[dict]) -> list[dict]:
-    """One line per row: means (and standard errors) over seeds."""
+    """One line per row: means (and standard deviations) over seeds."""
     lines = []
     for name in dict.fromkeys(r["row"] for r in results):
         rs = [r for r in results if r["row"] == name]
         first = rs[0]
-        acc = {m: _mean_se([100 * r["test_acc"][m] for r in rs]) for m in first["test_acc"]}
+        acc = {m: _mean_sd([100 * r["test_acc"][m] for r in rs]) for m in first["test_acc"]}
+        memory = [r["train_memory"] for r in rs if r.get("train_memory")]
         lines.append({
             "row": name, "method": first["method"], "backbone": first["backbone"],
             "epochs": first["epochs"], "seeds": [r["seed"] for r in rs], "test_acc": acc,
-            "val_acc": _mean_se([100 * r["val_acc"] for r in rs]),
-            "seconds_per_epoch": _mean_se([r["seconds_per_epoch"] for r in rs]),
+            "sampling_sd": {m: _sampling_sd(rs, m) for m in first["test_acc"]},
+            "val_acc": _mean_sd([100 * r["val_acc"] for r in rs]),
+            "seconds_per_epoch": _mean_sd([r["seconds_per_epoch"] for r in rs]),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
-            "infer_seconds": {m: _mean_se([r["infer_seconds"][m] for r in rs]) for m in first["infer_seconds"]},
+            "train_memory": max(memory, key=lambda m: m["peak_mb"]) if memory else None,
+            "block_schedule": first.get("block_schedule"),
+            "infer_seconds": {m: _mean_sd([r["infer_seconds"][m] for r in rs]) for m in first["infer_seconds"]},
             "n_test": first["n_test"], "n_train": first["n_train"], "params": first["params"],
             "curves": [[h["val_acc"] for h in r["history"]] for r in rs]})
     return lines
 
 
 def _fmt(ms: tuple[float, float | None], digits: int = 2) -> str:
-    m, se = ms
-    return f"{m:.{digits}f}" if se is None else f"{m:.{digits}f} ± {se:.{digits}f}"
+    m, sd = ms
+    return f"{m:.{digits}f}" if sd is None else f"{m:.{digits}f} ± {sd:.{digits}f}"
 
 
 def markdown_table(lines: list[dict], cfg: dict) -> str:
-    head = ("| Row | Method | Backbone | Epochs | Test acc. % (deterministic) | Test acc. % "
-            "(stochastic) | Train time / epoch (s) | Peak memory (MB RSS) | Inference, test set (s) |")
-    out = [head, "|" + "---|" * 9]
+    head = ("| Row | Method | Backbone | Epochs | Test acc. % (stochastic) | Test acc. % "
+            "(deterministic) | Train time / epoch (s) | Peak train-step memory (MB) | of which "
+            "activations (MB) | Peak RSS (MB) | Inference, test set (s) |")
+    out = [head, "|" + "---|" * 11]
     for ln in lines:
         det = _fmt(ln["test_acc"]["deterministic"])
-        sto = _fmt(ln["test_acc"]["stochastic"]) if "stochastic" in ln["test_acc"] else "-"
+        sto = "-"
+        if "stochastic" in ln["test_acc"]:
+            sto = _fmt(ln["test_acc"]["stochastic"])
+            if ln.get("sampling_sd", {}).get("stochastic") is not None:
+                sto += f" (sampling s.d. {ln['sampling_sd']['stochastic']:.2f})"
+        mem = ln.get("train_memory")
+        step_mem = (f"{mem['peak_mb']:.0f}", f"{mem['activations_mb']:.0f}") if mem else ("-", "-")
         inf = _fmt(ln["infer_seconds"]["deterministic"], 1)
-        out.append(f"| {ln['row']} | {ln['method']} | {ln['backbone']} | {ln['epochs']} | {det} | "
-                   f"{sto} | {_fmt(ln['seconds_per_epoch'], 0)} | {ln['peak_rss_mb']:.0f} | {inf} |")
+        out.append(f"| {ln['row']} | {ln['method']} | {ln['backbone']} | {ln['epochs']} | {sto} | "
+                   f"{det} | {_fmt(ln['seconds_per_epoch'], 0)} | {step_mem[0]} | {step_mem[1]} | "
+                   f"{ln['peak_rss_mb']:.0f} | {inf} |")
     n = lines[0] if lines else {"n_train": "?", "n_test": "?"}
     out += ["", f"Fashion-MNIST: {n['n_train']} training images (validation split carved from the "
             f"training file, used for model selection), {n['n_test']} test images, touched once by "
             "the selected model. One epoch = every block sees every training example once (NoProp-DT "
             "trains all T blocks on each batch), so time per epoch compares like with like. "
-            f"Seeds: {cfg['seeds']} (mean ± s.e. where more than one). Memory is the peak resident "
-            "set of the row's own process (data and PyTorch included). NoProp-CT infers with "
-            "1000 steps, NoProp-DT with T steps; 'stochastic' adds the sqrt(c_t) noise."]
+            f"Seeds: {cfg['seeds']} (mean ± s.d. over seeds where more than one). 'Stochastic' is "
+            "the paper's inference (z_0 ~ N(0, I), sqrt(c_t) noise each step), averaged over "
+            "sampling runs (their s.d. in brackets); 'deterministic' starts from z_0 = 0 with no "
+            "noise. NoProp-CT infers with 1000 steps, NoProp-DT with T steps. Train-step memory: "
+            "the peak of the tensors one training step holds (parameters, gradients, optimiser "
+            "state, activations; diffpolicy.noprop.memory); peak RSS: the row's whole process "
+            "(data and PyTorch included)."]
     return "\n".join(out) + "\n"
 
 
@@ -269,7 +317,7 @@ def plot_curves(lines: list[dict], path: Path) -> None:
         n = min(len(c) for c in curves)
         mean = [100 * sum(c[e] for c in curves) / len(curves) for e in range(n)]
         ax.plot(range(1, n + 1), mean, marker="o", label=f"{ln['row']}")
-        acc = ln["test_acc"]["deterministic"][0]
+        acc = ln["test_acc"].get("stochastic", ln["test_acc"]["deterministic"])[0]
         bx.scatter(ln["seconds_per_epoch"][0] / 60, acc)
         bx.annotate(ln["row"], (ln["seconds_per_epoch"][0] / 60, acc), fontsize=7,
                     xytext=(4, 2), textcoords="offset points")
@@ -279,7 +327,7 @@ def plot_curves(lines: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     bx.set_xlabel("training time per epoch (min)")
-    bx.set_ylabel("test accuracy (%), deterministic inference")
+    bx.set_ylabel("test accuracy (%), stochastic for NoProp")
     bx.set_title("accuracy vs cost (same machine, same pipeline)")
     bx.grid(alpha=0.3)
     fig.tight_layout()

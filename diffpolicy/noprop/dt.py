@@ -13,6 +13,13 @@ and ``KL(q(z_0 | y) || N(0, I))``.  Block ``t``'s parameters get gradient from
 ``z_{t-1}`` is treated as data (``u_y`` detached there), so no gradient flows
 through a block into the embedding from its input side.
 
+When several blocks train on one batch, ``block_loss`` says how their terms
+combine: ``"sum"`` adds them, so the shared head and ``W_embed`` see T
+denoising terms per CE term; ``"mean"`` averages them, which gives the shared
+parameters the paper's per-batch balance (Algorithm 1 trains one block per
+batch: CE + KL + one L_t).  A block's own gradient only changes scale, which
+Adam does not see.
+
 Inference never sees a label::
 
     z_0 ~ N(0, I)  (deterministic mode: z_0 = 0 and no noise)
@@ -58,8 +65,11 @@ class NoPropDT(nn.Module):
                  schedule: str | NoPropSchedule = "cosine", eta: float = 0.1,
                  dropout: float = 0.2, in_channels: int = 1, image_size: int = 28,
                  channels_last: bool = True, block_ids: list[int] | None = None,
-                 head_init: str = "embedding"):
+                 head_init: str = "embedding", block_loss: str = "sum"):
         super().__init__()
+        if block_loss not in ("sum", "mean"):
+            raise ValueError(f"block_loss: expected 'sum' or 'mean', got {block_loss!r}")
+        self.block_loss = block_loss
         sched = noprop_schedule(T, schedule) if isinstance(schedule, str) else schedule
         check_schedule(sched)
         self.T, self.eta, self.n_classes = sched.T, eta, n_classes
@@ -112,7 +122,8 @@ class NoPropDT(nn.Module):
         x ``(B, C, H, W)``, y ``(B,)``.  Noise ``(T + 1, B, d)`` is drawn for all T
         blocks from ``generator`` whatever blocks are held, so that a worker of
         parallel training sees exactly the noise serial training would.
-        Returns ``total`` (sum of block losses + shared_weight * (ce + kl)),
+        Returns ``total`` (the block losses, summed or averaged as ``block_loss``
+        says, + shared_weight * (ce + kl)),
         ``block`` ``(k,)``, ``ce``, ``kl``.
         """
         u = self.embed(y)
@@ -125,7 +136,11 @@ class NoPropDT(nn.Module):
         block = weight * (uhat - u).pow(2).sum(-1).mean(-1)
         ce = self.head_loss(u, y, eps[self.T])
         kl = self.kl_loss(u)
-        return {"total": block.sum() + shared_weight * (ce + kl), "block": block, "ce": ce, "kl": kl}
+        # "mean": over the blocks this batch trains in the whole model: all T when every held
+        # block trains (serial "all", or a worker's share of parallel training), else the slice's
+        n_active = self.T if len(t) == len(self.block_ids) else len(t)
+        blocks_total = block.sum() if self.block_loss == "sum" else block.sum() / n_active
+        return {"total": blocks_total + shared_weight * (ce + kl), "block": block, "ce": ce, "kl": kl}
 
     # ----------------------------------------------------------------- inference
     @torch.no_grad()

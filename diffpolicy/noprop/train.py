@@ -10,6 +10,14 @@ random block per batch) are T passes.  Backprop models and NoProp-CT: one pass.
 Block parameters are updated by :class:`BlockAdamW`, which keeps Adam's state
 and step count per block and touches only the blocks being trained: exactly
 T separate AdamW optimisers.  The head and ``W_embed`` use ``torch.optim.AdamW``.
+``optimizer="adam"`` makes every one of them Adam with an L2 penalty
+(``weight_decay`` added to the gradient), as the NoProp paper's CT runs.
+
+Inference modes (``predict_modes``) are keyword sets for ``model.predict``; a
+mode with ``runs: n`` and ``stochastic: True`` is tested n times with sampling
+seeds ``seed + 2 .. seed + 1 + n`` (mean in ``test_acc``, each run in
+``test_acc_runs``).  Validation uses the first mode once, with fixed sampling
+noise, so model selection does not depend on a lucky draw.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ from diffpolicy.noprop.dt import NoPropDT
 from diffpolicy.serialization import safe_load
 
 BLOCK_SCHEDULES = ("all", "sweep", "random")
+OPTIMIZERS = ("adamw", "adam")
 PRECISIONS = ("auto", "fp32", "bf16")
 LAYOUTS = ("auto",) + StackedPaperBlocks.LAYOUTS
 
@@ -45,6 +54,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-3
+    optimizer: str = "adamw"                   # adamw (decoupled decay) | adam (L2 penalty in the gradient)
     lr_schedule: str = "constant"              # constant (the paper) | cosine (decay to 0 by the last epoch)
     block_schedule: str = "all"
     seed: int = 0
@@ -61,6 +71,8 @@ class TrainConfig:
         if self.block_schedule not in BLOCK_SCHEDULES:
             raise ValueError(f"block_schedule: expected one of {BLOCK_SCHEDULES}, "
                              f"got {self.block_schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         if self.layout not in LAYOUTS:
@@ -86,12 +98,14 @@ class BlockAdamW:
 
     ``step(active)`` updates only the blocks in the slice ``active``; the rest
     (parameters, moments and step counts) are left untouched, so the result is
-    that of one ``torch.optim.AdamW`` per block.
+    that of one ``torch.optim.AdamW`` per block (``l2=True``: one
+    ``torch.optim.Adam`` with ``weight_decay`` as an L2 penalty).
     """
 
     def __init__(self, stack: StackedPaperBlocks, lr: float = 1e-3, weight_decay: float = 1e-2,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, l2: bool = False):
         self.stack, self.lr, self.wd, self.betas, self.eps = stack, lr, weight_decay, betas, eps
+        self.l2 = l2
         self.params = [p for p in stack.parameters() if p.requires_grad]
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
@@ -114,7 +128,10 @@ class BlockAdamW:
             view = self.stack.per_block
             w, g, mm, vv = view(p)[active], view(p.grad)[active], view(m)[active], view(v)[active]
             shape = (k,) + (1,) * (w.dim() - 1)
-            w.mul_(1 - self.lr * self.wd)
+            if self.l2:
+                g = g + self.wd * w
+            else:
+                w.mul_(1 - self.lr * self.wd)
             mm.lerp_(g, 1 - b1)
             vv.mul_(b2).addcmul_(g, g, value=1 - b2)
             denom = (vv.sqrt() / bc2_sqrt.to(w).reshape(shape)).add_(self.eps)
@@ -139,10 +156,12 @@ class Optimizers:
         blocks = model.blocks if per_block else None
         block_ids = {id(p) for p in blocks.parameters()} if blocks is not None else set()
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in block_ids]
-        self.blocks = BlockAdamW(blocks, cfg.lr, cfg.weight_decay) if blocks is not None else None
+        l2 = cfg.optimizer == "adam"
+        self.blocks = BlockAdamW(blocks, cfg.lr, cfg.weight_decay, l2=l2) if blocks is not None else None
         fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in rest)
-        self.rest = (torch.optim.AdamW(rest, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                       fused=fused or None) if rest else None)
+        adam = torch.optim.Adam if l2 else torch.optim.AdamW
+        self.rest = (adam(rest, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+                     if rest else None)
 
     def zero_grad(self) -> None:
         if self.blocks:
@@ -251,6 +270,14 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 20
     return float((predict_all(model, x, batch, precision, **predict_kw) == y.cpu()).float().mean())
 
 
+def _one_run(mode: dict, sampling_seed: int) -> dict:
+    """``model.predict`` keywords for one run of an inference mode (stochastic: seeded noise)."""
+    kw = {k: v for k, v in mode.items() if k != "runs"}
+    if kw.get("stochastic"):
+        kw["generator"] = torch.Generator().manual_seed(sampling_seed)
+    return kw
+
+
 def _save_atomic(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -266,7 +293,8 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
     only after training, by the selected model, in every mode.  With
     ``checkpoint`` the state is saved after every epoch and a rerun resumes.
     Returns ``history`` (per epoch: loss, seconds, steps, val_acc), ``best_epoch``,
-    ``val_acc``, ``test_acc`` {mode: acc}, ``infer_seconds`` {mode: s for the test set},
+    ``val_acc``, ``test_acc`` {mode: mean acc}, ``test_acc_runs`` {mode: [acc per sampling
+    run]}, ``infer_seconds`` {mode: s for the test set, one run},
     ``seconds_per_epoch`` (mean training time, evaluation excluded).
     """
     torch.manual_seed(cfg.seed)
@@ -290,8 +318,8 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
     for epoch in range(start, cfg.epochs):
         stats = train_epoch(model, train_x, train_y, opt, cfg, data_gen, noise_gen,
                             desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", epoch=epoch)
-        stats["val_acc"] = accuracy(model, data.val_x, data.val_y, cfg.eval_batch,
-                                    cfg.precision, **{**modes[0][1], **cfg.val_overrides})
+        stats["val_acc"] = accuracy(model, data.val_x, data.val_y, cfg.eval_batch, cfg.precision,
+                                    **_one_run({**modes[0][1], **cfg.val_overrides}, cfg.seed + 2))
         stats["epoch"] = epoch + 1
         history.append(stats)
         log(f"{desc}: epoch {epoch + 1}/{cfg.epochs} loss {stats['loss']:.4f} "
@@ -305,16 +333,17 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
                           "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}, Path(checkpoint))
     if best_state is not None:
         model.load_state_dict(best_state)
-    test_acc, infer_s = {}, {}
+    test_acc, test_runs, infer_s = {}, {}, {}
     for name, kw in modes:
+        runs = int(kw.get("runs", 1)) if kw.get("stochastic") else 1
         t0 = time.perf_counter()
-        kw = dict(kw)
-        if kw.get("stochastic"):
-            kw["generator"] = torch.Generator().manual_seed(cfg.seed + 2)
-        test_acc[name] = accuracy(model, data.test_x, data.test_y, cfg.eval_batch, cfg.precision, **kw)
-        infer_s[name] = time.perf_counter() - t0
+        test_runs[name] = [accuracy(model, data.test_x, data.test_y, cfg.eval_batch, cfg.precision,
+                                    **_one_run(kw, cfg.seed + 2 + r)) for r in range(runs)]
+        test_acc[name] = sum(test_runs[name]) / runs
+        infer_s[name] = (time.perf_counter() - t0) / runs
     best_epoch = max(history, key=lambda h: h["val_acc"])["epoch"] if history else 0
     return {"history": history, "best_epoch": best_epoch, "val_acc": best, "test_acc": test_acc,
+            "test_acc_runs": test_runs,
             "infer_seconds": infer_s, "precision": cfg.precision, "layout": cfg.layout,
             "seconds_per_epoch": sum(h["seconds"] for h in history) / max(len(history), 1)}
 

@@ -27,12 +27,21 @@ def test_row_settings_reach_the_models():
     dt = next(r for r in cfg["rows"] if r["kind"] == "dt")
     tc = row_train_config(dt, cfg["train"], seed=4)
     assert tc.seed == 4 and tc.epochs == dt["epochs"]
-    assert set(tc.predict_modes) == {"deterministic", "stochastic"}
+    assert list(tc.predict_modes) == ["stochastic", "deterministic"]        # selects on the headline
+    assert tc.predict_modes["stochastic"] == {"stochastic": True, "runs": 5}
+    det_first = row_train_config(dict(dt, select_on="deterministic", stochastic_runs=2), cfg["train"], 0)
+    assert list(det_first.predict_modes) == ["deterministic", "stochastic"]
+    assert det_first.predict_modes["stochastic"]["runs"] == 2
+    with pytest.raises(ValueError, match="select_on"):
+        row_train_config(dict(dt, select_on="both"), cfg["train"], 0)
+    model = build_model(dict(dt, block_loss="mean", head_init="default"),
+                        type("D", (), {"n_classes": 10})())
+    assert model.block_loss == "mean"
     ct = next(r for r in cfg["rows"] if r["kind"] == "ct")
     tc = row_train_config(ct, cfg["train"], seed=0)
     assert tc.predict_modes["deterministic"]["steps"] == 1000 and tc.val_overrides == {"steps": 100}
     fm = row_train_config({"name": "fm", "kind": "fm", "epochs": 1}, cfg["train"], seed=0)
-    assert fm.predict_modes["stochastic"] == {"steps": 100, "stochastic": True}
+    assert fm.predict_modes["stochastic"] == {"steps": 100, "stochastic": True, "runs": 5}
     with pytest.raises(ValueError, match="kind expected one of"):
         build_model({"name": "x", "kind": "magic"}, None)
 
@@ -53,6 +62,11 @@ def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, caps
     assert {r["precision"] for r in saved["runs"]} <= {"fp32", "bf16"}         # auto was resolved
     dt = rows[0]
     assert set(dt["test_acc"]) == {"deterministic", "stochastic"} and dt["seconds_per_epoch"][0] > 0
+    run = saved["runs"][0]
+    assert len(run["test_acc_runs"]["stochastic"]) == 5 and len(run["test_acc_runs"]["deterministic"]) == 1
+    assert run["test_acc"]["stochastic"] == pytest.approx(sum(run["test_acc_runs"]["stochastic"]) / 5)
+    mem = run["train_memory"]
+    assert mem["peak_mb"] >= mem["params_mb"] + mem["activations_mb"] > 0
     md = (out / "results.md").read_text()
     assert "| noprop-dt | NoProp-DT | paper CNN | 1 |" in md and "One epoch = every block" in md
     assert (out / "noprop_curves.png").stat().st_size > 1000
@@ -61,16 +75,22 @@ def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, caps
     assert capsys.readouterr().out.count("done earlier, skipped") == 2
 
 
-def test_summary_reports_mean_and_standard_error():
+def test_summary_reports_mean_and_standard_deviation():
     def run(seed, acc):
         return {"row": "r", "method": "NoProp-DT", "backbone": "paper CNN", "epochs": 1, "seed": seed,
                 "test_acc": {"deterministic": acc}, "val_acc": acc, "seconds_per_epoch": 10.0,
                 "peak_rss_mb": 100.0, "infer_seconds": {"deterministic": 1.0}, "n_test": 10,
                 "n_train": 10, "params": 1, "history": [{"val_acc": acc}]}
     lines = summarise([run(0, 0.90), run(1, 0.92)])
-    m, se = lines[0]["test_acc"]["deterministic"]
-    assert abs(m - 91.0) < 1e-9 and abs(se - 1.0) < 1e-9
-    assert "91.00 ± 1.00" in markdown_table(lines, {"seeds": [0, 1]})
+    m, sd = lines[0]["test_acc"]["deterministic"]
+    assert abs(m - 91.0) < 1e-9 and abs(sd - 2 ** 0.5) < 1e-9
+    assert "91.00 ± 1.41" in markdown_table(lines, {"seeds": [0, 1]})
+    stochastic = [dict(run(i, 0.9), test_acc={"deterministic": 0.9, "stochastic": acc},
+                       test_acc_runs={"stochastic": runs}) for i, (acc, runs) in
+                  enumerate([(0.85, [0.84, 0.86]), (0.87, [0.87, 0.87])])]
+    line = summarise(stochastic)[0]
+    assert line["sampling_sd"]["stochastic"] == pytest.approx((100 * 0.02 / 2 ** 0.5 + 0) / 2)
+    assert "86.00 ± 1.41 (sampling s.d. 0.71)" in markdown_table([line], {"seeds": [0, 1]})
 
 
 def test_print_config_and_parallel_guard(capsys):

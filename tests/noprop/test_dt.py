@@ -215,3 +215,26 @@ def test_head_starts_as_nearest_embedding_classifier(embedding):
     assert plain.head_loss(u.detach(), y, torch.randn_like(u)) > 1.0
     with pytest.raises(ValueError, match="head_init: expected"):
         NoPropDT(head_init="zeros", image_size=IMG)
+
+
+def test_block_loss_mean_gives_the_shared_parameters_the_papers_balance(batch):
+    """'mean' = the expected shared-parameter loss of Algorithm 1 (one block per batch):
+    CE + KL + (1/T) sum_t L_t; block gradients keep their direction; one-block batches
+    and a parallel worker's share are divided by the blocks trained on the batch overall."""
+    x, y = batch
+    torch.manual_seed(0)
+    summed = NoPropDT(n_classes=K, T=4, dropout=0.0, image_size=IMG)
+    mean = NoPropDT(n_classes=K, T=4, dropout=0.0, image_size=IMG, block_loss="mean")
+    mean.load_state_dict(summed.state_dict())
+    g = torch.Generator()
+    ls = summed.loss(x, y, generator=g.manual_seed(3))
+    lm = mean.loss(x, y, generator=g.manual_seed(3))
+    torch.testing.assert_close(ls["block"], lm["block"])
+    torch.testing.assert_close(lm["total"], ls["block"].sum() / 4 + ls["ce"] + ls["kl"])
+    one = mean.loss(x, y, blocks=slice(2, 3), generator=g.manual_seed(3))
+    torch.testing.assert_close(one["total"], one["block"].sum() + one["ce"] + one["kl"])
+    worker = mean.subset([3, 4])                           # parallel share: still over all T
+    part = worker.loss(x, y, generator=g.manual_seed(3))
+    torch.testing.assert_close(part["total"], part["block"].sum() / 4 + part["ce"] + part["kl"])
+    with pytest.raises(ValueError, match="block_loss"):
+        NoPropDT(block_loss="avg")
