@@ -147,7 +147,7 @@ def _child(row: dict, seed: int, cfg: dict, out_dir: str, result_path: str) -> N
         sys.exit(1)
 
 
-TOP_KEYS = {"out_dir", "isolate", "threads", "seeds", "only", "data", "train", "rows"}
+TOP_KEYS = {"out_dir", "isolate", "threads", "seeds", "only", "epochs", "data", "train", "rows"}
 DATA_KEYS = {"root", "val_size", "split_seed", "train_subset", "test_subset", "download"}
 ROW_KEYS = {"name", "kind", "T", "embedding", "embed_dim", "eta", "dropout", "epochs", "backbone", "stem",
             "inference_steps", "val_inference_steps", "train", "head_init", "block_loss",
@@ -180,7 +180,8 @@ def run_table(cfg: dict) -> list[dict]:
     out_dir = Path(cfg["out_dir"])
     (out_dir / "rows").mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))
-    rows = [r for r in cfg["rows"] if not cfg.get("only") or r["name"] in cfg["only"]]
+    rows = [dict(r, epochs=cfg["epochs"]) if cfg.get("epochs") else r
+            for r in cfg["rows"] if not cfg.get("only") or r["name"] in cfg["only"]]
     jobs = [(r, s) for r in rows for s in cfg["seeds"]]
     failed = []
     t_start = time.time()
@@ -188,6 +189,10 @@ def run_table(cfg: dict) -> list[dict]:
         result_path = out_dir / "rows" / f"{row['name']}_seed{seed}.json"
         status = f"[{i + 1}/{len(jobs)}] {row['name']} seed {seed}"
         if result_path.exists():
+            done_epochs = json.loads(result_path.read_text()).get("epochs")
+            if done_epochs != row["epochs"]:
+                raise ValueError(f"{result_path} finished with {done_epochs} epoch(s), this config asks "
+                                 f"for {row['epochs']}: use another out_dir (results are never mixed)")
             print(f"{status}: done earlier, skipped", flush=True)
             continue
         print(f"{status}: {row['epochs']} epoch(s), {time.time() - t_start:.0f} s elapsed",

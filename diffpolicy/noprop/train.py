@@ -307,6 +307,11 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
     history, best, best_state, start = [], -1.0, None, 0
     if checkpoint is not None and Path(checkpoint).exists():
         ck = safe_load(checkpoint, "NoProp checkpoint")
+        before = ck.get("config", {})
+        if cfg.lr_schedule == "cosine" and before.get("epochs", cfg.epochs) != cfg.epochs:
+            raise ValueError(f"{checkpoint} is a run of {before['epochs']} epochs with a cosine "
+                             f"learning rate; this one asks for {cfg.epochs}, whose schedule differs "
+                             "(a constant-rate run can be extended): use another checkpoint path")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         history, best, best_state, start = ck["history"], ck["best"], ck["best_state"], ck["epoch"]

@@ -73,6 +73,8 @@ def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, caps
     capsys.readouterr()
     assert main(args) == 0                         # rerun: nothing left to do
     assert capsys.readouterr().out.count("done earlier, skipped") == 2
+    with pytest.raises(ValueError, match="finished with 1 epoch"):
+        main(args + ["epochs=2"])                  # never mixes runs of another length
 
 
 def test_summary_reports_mean_and_standard_deviation():
@@ -117,6 +119,9 @@ def test_unknown_config_keys_are_refused(capsys):
     check_config(cfg)                                           # the shipped configs are clean
     check_config(load_config("bench"))
     check_config(load_config("gpu"))
+    ablation = load_config("dt_ablation")
+    check_config(ablation)
+    assert [r.get("block_loss", "sum") for r in ablation["rows"]] == ["sum", "mean", "sum", "mean"]
     bad = dict(cfg, train=dict(cfg["train"], precison="bf16"))
     with pytest.raises(ValueError, match="unknown NoProp config key train.precison"):
         check_config(bad)

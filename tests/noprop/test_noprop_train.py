@@ -128,6 +128,12 @@ def test_resume_from_checkpoint_continues_identically(tmp_path):
     ck2 = tmp_path / "ck2.pt"
     fit(ref, data, _cfg(epochs=2, max_steps_per_epoch=3), checkpoint=ck2, log=lambda *_: None)
     ref_last = torch.load(ck2, weights_only=False)["model"]
+    ck3 = tmp_path / "ck3.pt"
+    fit(_dt(), data, _cfg(epochs=1, max_steps_per_epoch=1, lr_schedule="cosine"), checkpoint=ck3,
+        log=lambda *_: None)
+    with pytest.raises(ValueError, match="cosine"):       # a cosine run's length is fixed
+        fit(_dt(), data, _cfg(epochs=2, max_steps_per_epoch=1, lr_schedule="cosine"), checkpoint=ck3,
+            log=lambda *_: None)
     for k in ref_last:
         torch.testing.assert_close(last[k], ref_last[k], msg=k)
 
