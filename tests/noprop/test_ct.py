@@ -91,3 +91,209 @@ def test_fm_learns_a_batch_and_predicts_nearest_embedding():
     scores = m.predict(x, steps=10)
     assert scores.shape == (16, 4) and (scores <= 0).all()   # negative squared distances
     assert list(inspect.signature(m.predict).parameters) == ["x", "stochastic", "steps", "generator"]
+
+
+# ---------------------------------------------------------------- paper options
+PAPER = {"norm": "none", "time_path": "concat", "learn_endpoints": True}
+
+# state_dict of the default NoPropCT("cnn", n_classes=4, image_size=12) before the options
+# existed: old checkpoints must keep loading
+DEFAULT_CNN_KEYS = {
+    "embed.weight": (4, 20), "backbone.0.weight": (32, 1, 3, 3), "backbone.0.bias": (32,),
+    "backbone.4.weight": (64, 32, 3, 3), "backbone.4.bias": (64,),
+    "backbone.7.weight": (128, 64, 3, 3), "backbone.7.bias": (128,),
+    "backbone.12.weight": (256, 1152), "backbone.12.bias": (256,),
+    **{f"{m}.{k}": s for m, n in [("backbone.13", 256), ("z_in.1", 256), ("z_res.1", 256),
+                                  ("z_res.4", 256), ("out.1", 256), ("out.4", 128)]
+       for k, s in [("weight", (n,)), ("bias", (n,)), ("running_mean", (n,)),
+                    ("running_var", (n,)), ("num_batches_tracked", ())]},
+    "z_in.0.weight": (256, 20), "z_in.0.bias": (256,),
+    "z_res.0.weight": (256, 256), "z_res.0.bias": (256,),
+    "z_res.3.weight": (256, 256), "z_res.3.bias": (256,),
+    "t_mlp.0.weight": (256, 64), "t_mlp.0.bias": (256,),
+    "t_mlp.2.weight": (256, 256), "t_mlp.2.bias": (256,),
+    "out.0.weight": (256, 512), "out.0.bias": (256,), "out.3.weight": (128, 256),
+    "out.3.bias": (128,), "out.6.weight": (4, 128), "out.6.bias": (4,),
+    "head.weight": (4, 20), "head.bias": (4,),
+    "schedule.w1": (), "schedule.b1": (), "schedule.w2": (64,), "schedule.b2": (64,),
+    "schedule.w3": (64,)}
+
+
+def test_default_ct_keeps_the_old_state_dict_so_old_checkpoints_load():
+    m = NoPropCT("cnn", n_classes=4, image_size=IMG)
+    assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == DEFAULT_CNN_KEYS
+    assert (m.norm, m.time_path, m.t_sampling) == ("batch", "add", "uniform")
+    assert not m.schedule.learn_endpoints
+    NoPropCT("cnn", n_classes=4, image_size=IMG).load_state_dict(m.state_dict())   # strict
+    r = NoPropCT("resnet18", n_classes=4)
+    assert sorted(k for k in r.state_dict() if k.startswith("img_proj.")) == sorted(
+        f"img_proj.{k}" for k in ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
+                                  "1.running_var", "1.num_batches_tracked"])
+
+
+@pytest.mark.parametrize("kw, name", [({"norm": "layer"}, "norm"), ({"norm": "BATCH"}, "norm"),
+                                      ({"time_path": "film"}, "time_path"),
+                                      ({"t_sampling": "sobol"}, "t_sampling")])
+def test_bad_ct_options_raise_naming_the_option(kw, name):
+    with pytest.raises(ValueError, match=rf"^{name}: expected one of"):
+        NoPropCT("cnn", n_classes=4, image_size=IMG, **kw)
+
+
+def test_non_bool_learn_endpoints_and_too_close_endpoints_are_refused():
+    with pytest.raises(TypeError, match="^learn_endpoints: expected True or False"):
+        NoPropCT("cnn", n_classes=4, image_size=IMG, learn_endpoints="yes")
+    with pytest.raises(ValueError, match="^learn_endpoints: gamma_0 - gamma_1 must exceed"):
+        MonotoneSchedule(1.0, 1.0 - 1e-4, learn_endpoints=True)
+
+
+def test_norm_none_has_no_batch_norm_outside_a_resnet_and_none_at_all_with_the_cnn():
+    def bn1d_outside_backbone(m):
+        return [n for n, mod in m.named_modules()
+                if isinstance(mod, torch.nn.BatchNorm1d) and not n.startswith("backbone.")]
+    assert bn1d_outside_backbone(NoPropCT("cnn", n_classes=4, image_size=IMG)) != []   # the check bites
+    cnn = NoPropCT("cnn", n_classes=4, image_size=IMG, norm="none")
+    assert not [n for n, mod in cnn.named_modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
+    r = NoPropCT("resnet18", n_classes=10, stem="small", **PAPER)
+    assert bn1d_outside_backbone(r) == []
+    assert any(isinstance(mod, torch.nn.BatchNorm2d) for mod in r.backbone.modules())   # ResNet keeps its own
+    x, y = torch.randn(2, 1, 28, 28), torch.arange(2)
+    loss = r.loss(x, y)["total"]
+    loss.backward()
+    assert torch.isfinite(loss) and r.img_proj[0].weight.grad.abs().sum() > 0
+
+
+def test_time_path_concat_is_a_third_256_path_into_out():
+    torch.manual_seed(0)
+    add = NoPropCT("cnn", n_classes=4, image_size=IMG)
+    cat = NoPropCT("cnn", n_classes=4, image_size=IMG, time_path="concat")
+    assert add.out[0].in_features == 2 * 256 and cat.out[0].in_features == 3 * 256
+    assert cat.t_mlp[-1].out_features == 256
+    cat.eval()
+    feats, z = torch.randn(3, 256), torch.randn(3, 20)
+    lo, hi = cat.logits(feats, z, torch.zeros(3)), cat.logits(feats, z, torch.full((3,), 0.7))
+    assert not torch.allclose(lo, hi)                     # t reaches the output
+    grad = torch.autograd.grad(hi.sum(), cat.t_mlp[0].weight)[0]
+    assert grad.abs().sum() > 0
+
+
+def test_learned_endpoints_start_at_the_given_values_and_stay_ordered():
+    torch.manual_seed(0)
+    s = MonotoneSchedule(10.0, -4.0, learn_endpoints=True)
+    assert s.gamma_0 == pytest.approx(10.0) and s.gamma_1 == pytest.approx(-4.0, abs=1e-5)
+    t = torch.linspace(0, 1, 101)
+    g0, g1 = s.endpoints()
+    torch.testing.assert_close(s.gamma(t)[0][[0, -1]], torch.stack([g0, g1]).detach())
+    gr0, gr1 = torch.autograd.grad(s.snr(torch.tensor([0.0, 1.0])).sum(), [s.gamma_0_raw, s.gap_raw])
+    assert gr0 != 0 and gr1 != 0
+    with torch.no_grad():
+        s.gap_raw.fill_(-40.0)                             # softplus ~ 0: only MIN_GAP left
+        s.w2.normal_(0, 3)
+    assert s.gamma_0 > s.gamma_1
+    g, dg = s.gamma(t)
+    assert (dg < 0).all() and (g[1:] <= g[:-1]).all()
+    tt = t.clone().requires_grad_()
+    with torch.no_grad():
+        s.gap_raw.fill_(2.0)
+    auto, = torch.autograd.grad(s.gamma(tt)[0].sum(), tt)
+    torch.testing.assert_close(s.gamma(t)[1], auto, atol=1e-4, rtol=1e-4)
+    assert not hasattr(MonotoneSchedule(10.0, -4.0), "gap_raw")
+
+
+def test_paper_ct_trains_a_few_steps_and_learns_its_endpoints():
+    torch.manual_seed(0)
+    m = NoPropCT("cnn", n_classes=10, image_size=28, t_sampling="stratified", **PAPER)
+    x, y = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    ends0 = (m.schedule.gamma_0, m.schedule.gamma_1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        opt.zero_grad()
+        losses = m.loss(x, y, generator=g)
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+        losses["total"].backward()
+        for name, p in m.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        for p in (m.schedule.gamma_0_raw, m.schedule.gap_raw):
+            assert p.grad.abs() > 0
+        opt.step()
+    ends1 = (m.schedule.gamma_0, m.schedule.gamma_1)
+    assert ends1[0] != ends0[0] and ends1[1] != ends0[1] and ends1[0] > ends1[1]
+    out = m.predict(x[:4], steps=5)
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+
+
+def test_stratified_t_is_marginally_uniform_and_covers_each_batch_evenly():
+    m = NoPropCT("cnn", n_classes=4, image_size=IMG, t_sampling="stratified")
+    b, n = 16, 2000
+    g = torch.Generator().manual_seed(0)
+    t = torch.stack([m.sample_t(b, g) for _ in range(n)]).double()          # (n, b)
+    assert ((t >= 0) & (t < 1)).all()
+    # each batch: b points 1/b apart on the circle [0, 1)
+    gaps = torch.diff(torch.cat([t.sort(1).values, t.min(1, keepdim=True).values + 1], 1), dim=1)
+    torch.testing.assert_close(gaps, torch.full_like(gaps, 1 / b), atol=1e-5, rtol=0)
+    # each index i is U(0, 1) across batches: mean within 4 s.e. (1/sqrt(12 n)) of 1/2 and a
+    # Kolmogorov-Smirnov distance below 1.95/sqrt(n) (the 0.1 % critical value)
+    assert ((t.mean(0) - 0.5).abs() < 4 / (12 * n) ** 0.5).all()
+    grid = torch.linspace(0, 1, 201, dtype=torch.double)
+    ecdf = (t.T[:, :, None] <= grid).double().mean(1)                         # (b, 201)
+    assert ((ecdf - grid).abs().amax(1) < 1.95 / n ** 0.5).all()
+
+
+def test_stratified_diffusion_loss_is_unbiased_with_lower_variance():
+    """Same fixed model (eval mode), per-batch diffusion-loss estimates under both samplers.
+
+    By the CLT each mean over n = 1000 iid batch estimates is normal with the s.e. measured
+    from the estimates, so |mean_s - mean_u| < 4 * combined s.e. has a false-alarm rate of
+    6e-5 (and the generators are seeded).  The tolerance is checked to be tight (< 15 % of
+    the loss) and to reject a biased sampler (t_i = i/B, a left Riemann sum).
+    """
+    torch.manual_seed(0)
+    m = NoPropCT("cnn", n_classes=4, image_size=IMG).eval()
+    x, y = torch.randn(16, 1, IMG, IMG), torch.arange(16) % 4
+
+    def estimates(sampling, seed, n=1000):
+        m.t_sampling = sampling
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            return torch.stack([m.loss(x, y, generator=g)["diffusion"] for _ in range(n)]).double()
+
+    def z_score(a, b):
+        se = (a.var() / len(a) + b.var() / len(b)).sqrt()
+        return float((a.mean() - b.mean()) / se), float(4 * se / b.mean())
+
+    uni, strat = estimates("uniform", 1), estimates("stratified", 2)
+    z, rel_tol = z_score(strat, uni)
+    assert abs(z) < 4 and rel_tol < 0.15
+    assert strat.var() < 0.5 * uni.var()
+    m.sample_t = lambda b, generator=None: torch.arange(b) / b                # biased control
+    assert abs(z_score(estimates("stratified", 3), uni)[0]) > 4
+
+
+def test_schedule_diagnostics_weights_sum_to_one_and_match_the_snr():
+    torch.manual_seed(0)
+    m = NoPropCT("cnn", n_classes=4, image_size=IMG, eta=0.3, learn_endpoints=True)
+    with torch.no_grad():                       # a non-linear learned state
+        m.schedule.w2.normal_(0, 3)
+        m.schedule.b2.normal_(0, 3)
+        m.schedule.gamma_0_raw.fill_(1.0)     # SNR(0) not negligible beside SNR(1)
+        m.schedule.gap_raw.fill_(4.0)
+    d = m.schedule_diagnostics(11)
+    for k in ("t", "gamma", "snr", "weight"):
+        assert isinstance(d[k], list) and len(d[k]) == 11 and all(type(v) is float for v in d[k]), k
+    assert d["t"][0] == 0.0 and d["t"][-1] == 1.0
+    assert sum(d["weight"]) == pytest.approx(1.0, abs=1e-9) and min(d["weight"]) > 0
+    t = torch.tensor(d["t"])
+    torch.testing.assert_close(torch.tensor(d["gamma"]), m.schedule.gamma(t)[0].detach())
+    torch.testing.assert_close(torch.tensor(d["snr"]), m.schedule.snr(t).detach())
+    sp = m.schedule.snr_prime(t).detach().double()
+    torch.testing.assert_close(torch.tensor(d["weight"], dtype=torch.double), sp / sp.sum())
+    snr = m.schedule.snr(torch.tensor([0.0, 0.9, 1.0])).detach().double()
+    direct = float((snr[2] - snr[1]) / (snr[2] - snr[0]))
+    assert d["weight_above_0.9"] == pytest.approx(direct, rel=1e-6)
+    # ... which is the share of the integral of SNR'(t) (trapezoid on a fine grid)
+    fine = torch.linspace(0, 1, 20001, dtype=torch.double)
+    w = m.schedule.snr_prime(fine.float()).detach().double()
+    share = torch.trapezoid(w[18000:], fine[18000:]) / torch.trapezoid(w, fine)
+    assert d["weight_above_0.9"] == pytest.approx(float(share), rel=1e-3)
+    assert 0 < d["weight_above_0.9"] < 1
+    assert d["gamma_0"] == pytest.approx(1.0) and d["gamma_0"] > d["gamma_1"]
