@@ -42,6 +42,7 @@ from diffpolicy.serialization import safe_load
 
 BLOCK_SCHEDULES = ("all", "sweep", "random")
 OPTIMIZERS = ("adamw", "adam")
+NO_DECAY = {"schedule.gamma_0_raw", "schedule.gap_raw"}     # parameter names kept out of weight decay
 PRECISIONS = ("auto", "fp32", "bf16")
 LAYOUTS = ("auto",) + StackedPaperBlocks.LAYOUTS
 
@@ -156,12 +157,17 @@ class Optimizers:
         blocks = model.blocks if per_block else None
         block_ids = {id(p) for p in blocks.parameters()} if blocks is not None else set()
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in block_ids]
+        # a learned schedule's end points (NoProp-CT learn_endpoints) are noise levels, not weights:
+        # decay would pull gamma(0) and the gap towards 0
+        levels = {id(p) for n, p in model.named_parameters() if n in NO_DECAY}
         l2 = cfg.optimizer == "adam"
         self.blocks = BlockAdamW(blocks, cfg.lr, cfg.weight_decay, l2=l2) if blocks is not None else None
         fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in rest)
         adam = torch.optim.Adam if l2 else torch.optim.AdamW
-        self.rest = (adam(rest, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
-                     if rest else None)
+        groups = [{"params": [p for p in rest if id(p) not in levels]},
+                  {"params": [p for p in rest if id(p) in levels], "weight_decay": 0.0}]
+        self.rest = (adam([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay,
+                          fused=fused or None) if rest else None)
 
     def zero_grad(self) -> None:
         if self.blocks:
@@ -326,6 +332,8 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
         stats["val_acc"] = accuracy(model, data.val_x, data.val_y, cfg.eval_batch, cfg.precision,
                                     **_one_run({**modes[0][1], **cfg.val_overrides}, cfg.seed + 2))
         stats["epoch"] = epoch + 1
+        if hasattr(model, "schedule_diagnostics"):          # NoProp-CT: learned gamma(t), loss weight by t
+            stats["schedule"] = model.schedule_diagnostics()
         history.append(stats)
         log(f"{desc}: epoch {epoch + 1}/{cfg.epochs} loss {stats['loss']:.4f} "
             f"val {100 * stats['val_acc']:.2f}% ({stats['seconds']:.0f} s)")

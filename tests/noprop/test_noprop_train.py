@@ -205,3 +205,19 @@ def test_stochastic_mode_is_tested_once_per_sampling_run():
     again = fit(_dt(), data, _cfg(predict_modes=modes, max_steps_per_epoch=2))
     assert again["test_acc_runs"] == res["test_acc_runs"]             # seeded sampling noise
     assert again["history"][0]["val_acc"] == res["history"][0]["val_acc"]
+
+
+def test_learned_schedule_end_points_escape_weight_decay_and_the_schedule_is_logged():
+    from diffpolicy.noprop.ct import NoPropCT
+    from diffpolicy.noprop.train import Optimizers
+    torch.manual_seed(0)
+    ct = NoPropCT("cnn", n_classes=K, embed_dim=8, image_size=IMG, learn_endpoints=True)
+    opt = Optimizers(ct, _cfg(optimizer="adam"))
+    levels = {id(ct.schedule.gamma_0_raw), id(ct.schedule.gap_raw)}
+    groups = opt.rest.param_groups
+    assert [{id(p) for p in g["params"]} & levels for g in groups] == [set(), levels]
+    assert groups[0]["weight_decay"] == 1e-3 and groups[1]["weight_decay"] == 0.0
+    res = fit(ct, tiny_splits(), _cfg(max_steps_per_epoch=2, val_overrides={"steps": 5},
+                                      predict_modes={"deterministic": {"steps": 5}}))
+    sched = res["history"][0]["schedule"]
+    assert len(sched["t"]) == 11 and abs(sum(sched["weight"]) - 1) < 1e-6
