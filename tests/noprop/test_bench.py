@@ -125,7 +125,7 @@ def test_unknown_config_keys_are_refused(capsys):
     assert ct.out[0].in_features == 3 * 256 and ct.schedule_diagnostics()["gamma_0"] == 10.0
     ablation = load_config("dt_ablation")
     check_config(ablation)
-    assert [r.get("block_loss", "sum") for r in ablation["rows"]] == ["sum", "mean", "sum", "mean"]
+    assert [r.get("block_loss", "sum") for r in ablation["rows"]] == ["sum", "mean", "sum", "mean", "mean"]
     bad = dict(cfg, train=dict(cfg["train"], precison="bf16"))
     with pytest.raises(ValueError, match="unknown NoProp config key train.precison"):
         check_config(bad)
