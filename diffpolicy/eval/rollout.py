@@ -20,9 +20,17 @@ called every ``replan_every`` env steps (still one batched call for all
 running episodes), each call's whole sequence ``(H, Da)`` is stored per
 episode, and every step executes the weighted mean of the stored predictions
 for that step (:mod:`diffpolicy.eval.ensemble`).
+
+Step records (``record_steps=True``, off by default): every episode keeps, per
+executed env step ``t``, the observation and info the env returned before it
+(``reset`` for t = 0, then ``step``) and the action the env received at ``t``
+(after the action stride and any ensembling): ``RolloutResult.steps[seed]``, an
+:class:`EpisodeSteps`.  Replaying ``action`` from ``reset(seed=seed)`` goes
+through ``obs`` again (``datasets/self_play.py`` turns them into demos).
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -46,12 +54,30 @@ class EpisodeResult:
 
 
 @dataclass
+class EpisodeSteps:
+    """One episode step by step (``run_rollouts(record_steps=True)``); ``T`` executed steps.
+
+    ``obs[t]``: the env observation before action ``t`` (as ``reset``/``step`` returned it:
+    an array, e.g. Push-T keypoints ``(20,)``, or a dict); ``info[t]``: the info dict
+    returned with it; ``action``: ``(T, Da)``, exactly what ``env.step`` received.
+    The observation after the last action is not kept (nothing was executed from it).
+    """
+    obs: list
+    info: list[dict]
+    action: np.ndarray
+
+    def __len__(self) -> int:
+        return int(len(self.action))
+
+
+@dataclass
 class RolloutResult:
     episodes: list[EpisodeResult]
     call_seconds: list[float] = field(default_factory=list)    # wall time of each batched policy call
     call_batch: list[int] = field(default_factory=list)        # its batch size
     frames: dict[int, list[np.ndarray]] = field(default_factory=dict)   # seed -> RGB frames (H, W, 3)
     final_frames: dict[int, np.ndarray] = field(default_factory=dict)   # seed -> last RGB frame
+    steps: dict[int, EpisodeSteps] = field(default_factory=dict)        # seed -> its steps (record_steps)
 
     @property
     def score(self) -> float:
@@ -69,7 +95,8 @@ def run_rollouts(policy: DiffusionPolicy, task: TaskConfig | str, seeds: list[in
                  video_size: int = 256, keep_final_frames: bool = False,
                  sampler: str | None = None, num_inference_steps: int | None = None,
                  progress: bool = True, temporal_ensemble: float | None = None,
-                 replan_every: int | None = None, fixed_noise: bool = False) -> RolloutResult:
+                 replan_every: int | None = None, fixed_noise: bool = False,
+                 record_steps: bool = False) -> RolloutResult:
     """Run one episode per seed of ``task`` (a task config, or the name of one in
     ``diffpolicy/configs/task/``); ``n_envs`` episodes at a time (default: all), each at most
     ``max_steps`` env steps (default: the task's ``max_episode_steps``).
@@ -82,6 +109,8 @@ def run_rollouts(policy: DiffusionPolicy, task: TaskConfig | str, seeds: list[in
     ``fixed_noise``: each episode draws the sampler's initial noise ``(H, Da)``
     once at reset and starts every call from it (with DDIM the policy is then a
     deterministic function of the observations within an episode).
+    ``record_steps``: keep every episode's observations, infos and executed actions in
+    ``result.steps[seed]`` (:class:`EpisodeSteps`); copies of what the env returned.
     """
     policy.eval()
     task = builtin_task(task) if isinstance(task, str) else task
@@ -105,6 +134,9 @@ def run_rollouts(policy: DiffusionPolicy, task: TaskConfig | str, seeds: list[in
             obs, info = env.reset(seed=seed)
             history.append([obs] * to)
             info0.append(info)
+        # per episode: (observations, infos, actions) so far; info_now: the info that came with history[i][-1]
+        logs = [([], [], []) for _ in chunk] if record_steps else None
+        info_now = list(info0)
         # maxima are over the steps taken (as the reference's runner does), not the reset state
         stats = {s: dict(max_reward=-np.inf, max_coverage=None, coverage=_coverage(info),
                          success=False, steps=0) for s, info in zip(chunk, info0)}
@@ -136,7 +168,11 @@ def run_rollouts(policy: DiffusionPolicy, task: TaskConfig | str, seeds: list[in
                 plan = actions[row] if ensemblers is None else _ensembled(ensemblers[i], actions[row],
                                                                          st["steps"], replan)
                 for a in plan:
+                    if logs is not None:
+                        _log_step(logs[i], history[i][-1], info_now[i], a)
                     obs, reward, terminated, truncated, info = envs[i].step(a)
+                    if logs is not None:
+                        info_now[i] = info
                     if seed in result.frames and (frame := try_render(envs[i])) is not None:
                         result.frames[seed].append(frame)
                     history[i].append(obs)
@@ -158,7 +194,10 @@ def run_rollouts(policy: DiffusionPolicy, task: TaskConfig | str, seeds: list[in
                     if bar is not None:
                         bar.update(1)
             active = still
-        for seed in chunk:
+        for i, seed in enumerate(chunk):
+            if logs is not None:
+                observations, infos, acts = logs[i]
+                result.steps[seed] = EpisodeSteps(observations, infos, np.stack(acts))
             st = stats[seed]
             result.episodes.append(EpisodeResult(seed=seed, max_reward=st["max_reward"],
                                                  max_coverage=st["max_coverage"],
@@ -169,6 +208,14 @@ def run_rollouts(policy: DiffusionPolicy, task: TaskConfig | str, seeds: list[in
     if bar is not None:
         bar.close()
     return result
+
+
+def _log_step(log: tuple[list, list, list], obs, info: dict, action) -> None:
+    """Append copies of ``obs``, ``info`` and ``action`` (an env may reuse its buffers)."""
+    observations, infos, actions = log
+    observations.append(copy.deepcopy(obs))
+    infos.append(copy.deepcopy(info))
+    actions.append(np.array(action, copy=True))
 
 
 def _coverage(info: dict) -> float | None:
