@@ -77,7 +77,7 @@ def generate(args: argparse.Namespace) -> None:
 
 def parse_seeds(text: str) -> range:
     """``"400000:401000"`` -> ``range(400000, 401000)`` (END exclusive); ``SelfPlayError`` else."""
-    from diffpolicy.datasets.self_play import SelfPlayError, check_seeds
+    from diffpolicy.eval.self_play import SelfPlayError, check_seeds
     try:
         start, end = (int(part) for part in text.split(":"))
     except ValueError:
@@ -90,7 +90,7 @@ def parse_seeds(text: str) -> range:
 
 def self_play(args: argparse.Namespace) -> None:
     """Record a policy's successful Push-T rollouts (``record_successes``), then show the store."""
-    from diffpolicy.datasets.self_play import record_successes
+    from diffpolicy.eval.self_play import record_successes
     seeds = parse_seeds(args.seeds)
     report = record_successes(
         args.checkpoint, args.out, seeds, include_demos=args.include_demos, demo_store=args.demo_store,

@@ -26,7 +26,7 @@ executed env step ``t``, the observation and info the env returned before it
 (``reset`` for t = 0, then ``step``) and the action the env received at ``t``
 (after the action stride and any ensembling): ``RolloutResult.steps[seed]``, an
 :class:`EpisodeSteps`.  Replaying ``action`` from ``reset(seed=seed)`` goes
-through ``obs`` again (``datasets/self_play.py`` turns them into demos).
+through ``obs`` again (``eval/self_play.py`` turns them into demos).
 """
 from __future__ import annotations
 
