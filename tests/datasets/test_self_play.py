@@ -1,4 +1,4 @@
-"""Self-play demos (diffpolicy.datasets.self_play, ``diffpolicy-data self-play``) and the step records
+"""Self-play demos (diffpolicy.eval.self_play, ``diffpolicy-data self-play``) and the step records
 of ``run_rollouts`` they are made from."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from diffpolicy.cli.data import main
 from diffpolicy.datasets.demos import load_demos
 from diffpolicy.datasets.pusht import load_pusht
 from diffpolicy.datasets.replay_buffer import ReplayBuffer
-from diffpolicy.datasets.self_play import (PROGRESS_ATTR, SETTINGS_ATTR, SelfPlayError, check_pusht_task,
+from diffpolicy.eval.self_play import (PROGRESS_ATTR, SETTINGS_ATTR, SelfPlayError, check_pusht_task,
                                            check_seeds, record_policy_successes, record_successes)
 from diffpolicy.envs.pusht import PushTEnv
 from diffpolicy.eval.evaluate import load_policy
