@@ -36,6 +36,7 @@ from diffpolicy import speed
 from diffpolicy.datasets.fashion_mnist import fashion_mnist_splits
 from diffpolicy.noprop.backprop import BackboneClassifier, BackpropDT
 from diffpolicy.noprop.ct import NoPropCT
+from diffpolicy.noprop.diagnose import latent_diagnostics
 from diffpolicy.noprop.dt import NoPropDT
 from diffpolicy.noprop.embeddings import class_medoids
 from diffpolicy.noprop.fm import NoPropFM
@@ -122,6 +123,8 @@ def run_row(row: dict, seed: int, cfg: dict, out_dir: Path) -> dict:
     one_block = row["kind"] == "dt" and tcfg.block_schedule != "all"
     step_cfg = replace(tcfg, precision=res["precision"], layout=res["layout"])
     bs = tcfg.batch_size
+    if isinstance(model, NoPropDT):
+        res["latent_diagnostics"] = latent_diagnostics(model)
     res["train_memory"] = training_step_memory(model, step_cfg, data.train_x[:bs], data.train_y[:bs],
                                                slice(0, 1) if one_block else slice(None))
     res.update(row=row["name"], seed=seed, kind=row["kind"], method=METHOD[row["kind"]],
@@ -284,8 +287,9 @@ def markdown_table(lines: list[dict], cfg: dict) -> str:
     n = lines[0] if lines else {"n_train": "?", "n_test": "?"}
     out += ["", f"Fashion-MNIST: {n['n_train']} training images (validation split carved from the "
             f"training file, used for model selection), {n['n_test']} test images, touched once by "
-            "the selected model. One epoch = every block sees every training example once (NoProp-DT "
-            "trains all T blocks on each batch), so time per epoch compares like with like. "
+            "the selected model. One epoch = every block sees every training example once (one pass "
+            "when NoProp-DT trains all T blocks on each batch, T passes when it trains one), so time "
+            "per epoch compares like with like. "
             f"Seeds: {cfg['seeds']} (mean ± s.d. over seeds where more than one). 'Stochastic' is "
             "the paper's inference (z_0 ~ N(0, I), sqrt(c_t) noise each step), averaged over "
             "sampling runs (their s.d. in brackets); 'deterministic' starts from z_0 = 0 with no "

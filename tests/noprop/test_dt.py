@@ -238,3 +238,22 @@ def test_block_loss_mean_gives_the_shared_parameters_the_papers_balance(batch):
     torch.testing.assert_close(part["total"], part["block"].sum() / 4 + part["ce"] + part["kl"])
     with pytest.raises(ValueError, match="block_loss"):
         NoPropDT(block_loss="avg")
+
+
+def test_latent_diagnostics_read_the_embedding_and_the_head(tmp_path):
+    from diffpolicy.noprop.diagnose import _model_from_checkpoint, latent_diagnostics
+    torch.manual_seed(0)
+    one_hot = NoPropDT(n_classes=K, T=10, embedding="one_hot", image_size=IMG)
+    d = latent_diagnostics(one_hot)
+    assert d["embed_norm_mean"] == pytest.approx(1.0) and d["min_pair_distance"] == pytest.approx(2 ** 0.5)
+    assert d["head_acc_on_q_zT"] > 0.95                     # nearest-embedding head, small noise at T
+    assert d["noise_std_last_step"] == pytest.approx(float(one_hot.c[10].sqrt()))
+    learned = NoPropDT(n_classes=K, T=10, image_size=28)
+    with torch.no_grad():
+        learned.embed.weight.mul_(0.1)                      # shrunken embeddings: the noise wins
+        learned.head.weight.mul_(0.1)
+    small = latent_diagnostics(learned)
+    assert small["embed_norm_mean"] == pytest.approx(0.1, rel=1e-4) and small["head_acc_on_q_zT"] < 0.9
+    path = tmp_path / "ck.pt"
+    torch.save({"best_state": learned.state_dict(), "model": None}, path)
+    assert latent_diagnostics(_model_from_checkpoint(path)) == small
