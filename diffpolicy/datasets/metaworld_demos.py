@@ -40,6 +40,7 @@ import zarr
 
 from diffpolicy.datasets.errors import DatasetError
 from diffpolicy.datasets.replay_buffer import ArraySpec, ReplayBuffer
+from diffpolicy.datasets.store_settings import StoreSettings
 from diffpolicy.envs import metaworld as mw_env
 
 __all__ = ["generate_demos", "run_episode", "scripted_policy", "demo_task_names", "parse_task",
@@ -61,7 +62,7 @@ class DemoGenerationError(DatasetError):
 
 
 @dataclass(frozen=True)
-class DemoSettings:
+class DemoSettings(StoreSettings):
     """What decides a store's episodes; all must match to append to an existing store."""
     task: str
     seed_start: int
@@ -70,9 +71,6 @@ class DemoSettings:
     metaworld: str
     mujoco: str
     format: int = FORMAT
-
-    def describe(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in asdict(self).items())
 
 
 @dataclass
@@ -214,14 +212,9 @@ def _open_store(path: Path, settings: DemoSettings) -> ReplayBuffer:
     if not path.exists():
         _create_store(path, settings)
     rb = ReplayBuffer.open(path, mode="a")   # rolls back an append a killed run left half-done
-    stored = _stored_settings(path)
-    if stored != settings:
-        diff = [k for k in asdict(settings) if asdict(stored)[k] != asdict(settings)[k]]
-        raise DemoGenerationError(
-            f"{path}: the store was generated with other settings ({', '.join(diff)} "
-            f"{'differs' if len(diff) == 1 else 'differ'}): "
-            f"store has {stored.describe()}; this command asks for {settings.describe()}. "
-            f"Use the store's settings to extend it, or another --out")
+    problem = settings.mismatch(_stored_settings(path), path, "generated", "this command")
+    if problem:
+        raise DemoGenerationError(problem)
     if rb.n_episodes:
         rb.check_schema(SCHEMA, what=f"a Meta-World demo store")
     return rb

@@ -59,6 +59,7 @@ from diffpolicy import paths
 from diffpolicy.datasets.errors import DatasetError
 from diffpolicy.datasets.pusht import PUSHT_SCHEMA
 from diffpolicy.datasets.replay_buffer import ArraySpec, ReplayBuffer
+from diffpolicy.datasets.store_settings import StoreSettings
 from diffpolicy.envs.geometry import keypoints_from_state
 from diffpolicy.envs.pusht import PushTEnv
 from diffpolicy.eval.rollout import EpisodeSteps, run_rollouts
@@ -87,7 +88,7 @@ class SelfPlayError(DatasetError):
 
 
 @dataclass(frozen=True)
-class SelfPlaySettings:
+class SelfPlaySettings(StoreSettings):
     """What decides a store's episodes; all must match to extend an existing store."""
     checkpoint_sha256: str
     task: str
@@ -101,9 +102,6 @@ class SelfPlaySettings:
     sampling_seed: int
     include_demos: bool
     format: int = FORMAT
-
-    def describe(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in asdict(self).items())
 
 
 @dataclass
@@ -315,22 +313,18 @@ def _create_store(path: Path, settings: SelfPlaySettings, checkpoint: str, demo_
 
 
 def _open_store(path: Path, settings: SelfPlaySettings, checkpoint: str,
-                demo_store: Path) -> tuple[ReplayBuffer, int]:
+                demo_store: Path) -> tuple[ReplayBuffer, int, dict]:
     """Open (or create: with a copy of ``demo_store`` when ``settings.include_demos``) the store
-    for ``settings``; returns ``(store, n_demo_episodes)``.  Refuses a store of other
+    for ``settings``; returns ``(store, n_demo_episodes, recorded progress)``.  Refuses a store of other
     settings, and the human demo store itself."""
     if path.resolve() == demo_store.resolve():
         raise SelfPlayError(f"--out {path} is the human demo store; self-play never writes there")
     if not path.exists():
         _create_store(path, settings, checkpoint, demo_store if settings.include_demos else None)
     stored, progress = _stored_settings(path)        # read-only: nothing written to a foreign store
-    if stored != settings:
-        a, b = asdict(stored), asdict(settings)
-        diff = [k for k in b if a[k] != b[k]]
-        raise SelfPlayError(f"{path}: the store was made with other settings ({', '.join(diff)} "
-                            f"{'differs' if len(diff) == 1 else 'differ'}): store has {stored.describe()}; "
-                            f"this run asks for {settings.describe()}. Use the store's settings to "
-                            f"extend it, or another --out")
+    problem = settings.mismatch(stored, path, "made", "this run")
+    if problem:
+        raise SelfPlayError(problem)
     rb = ReplayBuffer.open(path, mode="a")   # rolls back an append a killed run left half-done
     n_demos = int(progress.get("n_demo_episodes", 0))
     if rb.n_episodes:
@@ -338,7 +332,7 @@ def _open_store(path: Path, settings: SelfPlaySettings, checkpoint: str,
     if rb.n_episodes < n_demos:
         raise SelfPlayError(f"{path}: the store holds {rb.n_episodes} episodes but records "
                             f"{n_demos} human demos at its start; it is damaged, choose another --out")
-    return rb, n_demos
+    return rb, n_demos, progress
 
 
 def _next_seed(rb: ReplayBuffer, n_demos: int, progress: dict, seed_start: int) -> int:
@@ -397,8 +391,7 @@ def record_policy_successes(policy, task: TaskConfig, out: str | Path, seeds: ra
     if include_demos and not demos.exists():
         raise SelfPlayError(f"include_demos: the human demo store {demos} is not here (set "
                             f"${paths.DATA_ENV_VAR} or give demo_store / --demo-store)")
-    rb, n_demos = _open_store(out, settings, checkpoint, demos)
-    _, stored_progress = _stored_settings(out)
+    rb, n_demos, stored_progress = _open_store(out, settings, checkpoint, demos)
     nxt = _next_seed(rb, n_demos, stored_progress, seeds.start)
     del rb
     todo = range(nxt, seeds.stop)
