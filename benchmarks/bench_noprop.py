@@ -27,7 +27,7 @@ from diffpolicy.noprop.ct import NoPropCT
 from diffpolicy.noprop.dt import NoPropDT
 from diffpolicy import speed
 from diffpolicy.noprop import execution
-from diffpolicy.noprop.train import Optimizers, TrainConfig, autocast, predict_all
+from diffpolicy.noprop.train import Optimizers, TrainConfig, predict_all, train_step
 from diffpolicy.speed import speed_row, time_interleaved, write_benchmark_json
 
 BATCH, N_TRAIN, K, D, T = 128, 55000, 10, 20, 10
@@ -74,14 +74,7 @@ def fused_stepper(model, precision, layout: str | None = None):
         model.blocks.set_layout(layout)
     cfg = TrainConfig(precision=precision, layout=layout or "fused")
     opt = Optimizers(model, cfg)
-
-    def step(x, y):
-        opt.zero_grad()
-        with autocast(precision):
-            loss = model.loss(x, y)["total"]
-        loss.backward()
-        opt.step()
-    return step
+    return lambda x, y: train_step(model, opt, x, y, precision)
 
 
 def default_execution(x, y) -> tuple[str, str]:

@@ -32,7 +32,7 @@ from diffpolicy.noprop.backprop import BackboneClassifier, BackpropDT
 from diffpolicy.noprop.ct import NoPropCT
 from diffpolicy.noprop.dt import NoPropDT
 from diffpolicy.noprop.memory import training_step_memory
-from diffpolicy.noprop.train import Optimizers, TrainConfig, autocast
+from diffpolicy.noprop.train import Optimizers, TrainConfig, train_step
 from diffpolicy.speed import time_interleaved, write_benchmark_json
 
 BATCH, N_TRAIN, K, T = 128, 55000, 10, 10
@@ -42,15 +42,7 @@ PASS = -(-N_TRAIN // BATCH)          # batches in one pass over the training ima
 def stepper(model: torch.nn.Module, cfg: TrainConfig, active: slice):
     """One optimiser step of ``model`` on a batch, training the blocks in ``active``."""
     opt = Optimizers(model, cfg)
-    kw = {"blocks": active} if isinstance(model, NoPropDT) else {}
-
-    def step(x, y):
-        opt.zero_grad()
-        with autocast(cfg.precision):
-            loss = model.loss(x, y, **kw)["total"]
-        loss.backward()
-        opt.step(active)
-    return step
+    return lambda x, y: train_step(model, opt, x, y, cfg.precision, active)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ import torch
 
 from diffpolicy.noprop.blocks import CONV_WIDTHS
 from diffpolicy.noprop.dt import NoPropDT
+from diffpolicy.serialization import safe_load
 
 
 @torch.no_grad()
@@ -37,15 +38,14 @@ def latent_diagnostics(model: NoPropDT, n_per_class: int = 2000, seed: int = 0) 
     u = w[y]
     abar = model.alpha_bar[model.T].cpu()
     z = abar.sqrt() * u + (1 - abar).sqrt() * torch.randn(u.shape, generator=g)
-    head = model.head.cpu() if next(model.head.parameters()).device.type != "cpu" else model.head
-    acc = (head(z.to(next(head.parameters()).dtype)).argmax(-1) == y).float().mean()
+    weight = model.head.weight                   # the head stays where it is (CPU or GPU)
+    acc = (model.head(z.to(weight)).argmax(-1).cpu() == y).float().mean()
     return {"embed_norm_mean": float(w.norm(dim=1).mean()), "min_pair_distance": float(dist.min()),
             "head_acc_on_q_zT": float(acc), "noise_std_last_step": float(model.c[model.T].sqrt())}
 
 
 def _model_from_checkpoint(path: Path) -> NoPropDT:
     """A NoProp-DT from a benchmark checkpoint (its selected epoch's weights)."""
-    from diffpolicy.serialization import safe_load
     ck = safe_load(path, "NoProp checkpoint")
     state = ck["best_state"] or ck["model"]
     w = state["embed.weight"]

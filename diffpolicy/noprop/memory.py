@@ -27,7 +27,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from diffpolicy.noprop.train import Optimizers, TrainConfig, autocast
+from diffpolicy.noprop.train import Optimizers, TrainConfig, train_step
 
 MB = 2 ** 20
 
@@ -57,12 +57,7 @@ def training_step_memory(model: nn.Module, cfg: TrainConfig, x: torch.Tensor, y:
     opt = Optimizers(model, replace(cfg, block_schedule="all" if active == slice(None) else "random"))
 
     def step() -> None:
-        opt.zero_grad()
-        with autocast(cfg.precision, device.type):
-            kw = {"blocks": active} if hasattr(model, "block_ids") else {}
-            loss = model.loss(x, y, **kw)["total"]
-        loss.backward()
-        opt.step(active)
+        train_step(model, opt, x, y, cfg.precision, active)
 
     step()                                          # optimiser state now exists
     tracked = [model] + ([opt.rest] if opt.rest else [])

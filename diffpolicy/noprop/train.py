@@ -199,6 +199,19 @@ class Optimizers:
             self.rest.load_state_dict(state["rest"])
 
 
+def train_step(model: nn.Module, opt: Optimizers, x: torch.Tensor, y: torch.Tensor, precision: str,
+               active: slice = slice(None)) -> torch.Tensor:
+    """One optimiser step on ``x (B, C, H, W)``, ``y (B,)``, training NoProp-DT's blocks in
+    ``active`` (other models: everything); returns the loss.  (``train_epoch`` interleaves
+    gradient sync and the learning-rate schedule, so it spells these steps out.)"""
+    opt.zero_grad()
+    with autocast(precision, x.device.type):
+        loss = model.loss(x, y, **({"blocks": active} if isinstance(model, NoPropDT) else {}))["total"]
+    loss.backward()
+    opt.step(active)
+    return loss
+
+
 def epoch_plan(model: nn.Module, n_batches: int, schedule: str, gen: torch.Generator
                ) -> list[list[slice]]:
     """Per pass over the data, the block slice each batch trains (``slice(None)`` = all)."""
