@@ -49,6 +49,7 @@ from diffpolicy.policy.checkpoint import (FORMAT, CheckpointDir, CheckpointError
                                           rng_state, set_rng_state)
 from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from diffpolicy.policy.ema import EMA
+from diffpolicy.policy.init_from import initial_weights, range_overshoot
 from diffpolicy.policy.run_config import (ConfigError, TrainConfig, check_train_config, dataset_path, demo_spec,
                                          policy_config, to_plain_config)
 from diffpolicy.policy.run_lock import RunLock
@@ -243,6 +244,9 @@ def _train(cfg: Any, run: TrainConfig, rank: int, world: int, device: torch.devi
         if diff:
             raise CheckpointError(f"{ckpts.latest} was saved with a different policy config "
                                   f"(differs in: {', '.join(diff)}); use another run_dir=")
+    init_weights = None
+    if t_cfg.init_from and resume_ckpt is None:
+        init_weights = initial_weights(t_cfg.init_from, pcfg, run.task.name)
     data = load_task_data(run)
 
     if world > 1 and not dist.is_initialized():
@@ -254,7 +258,10 @@ def _train(cfg: Any, run: TrainConfig, rank: int, world: int, device: torch.devi
 
     # Same initial weights on every process, different noise afterwards.
     torch.manual_seed(run.seed)
-    policy = DiffusionPolicy(pcfg, fit_normalizer(data)).to(device)
+    policy = DiffusionPolicy(pcfg, fit_normalizer(data))
+    if init_weights is not None:
+        policy.load_state_dict(init_weights)
+    policy = policy.to(device)
     choose_train_path(policy, t_cfg.batch_size // world, rank, world)
     ema = EMA(policy, power=t_cfg.ema_power, max_value=t_cfg.ema_max)
     random.seed(run.seed + rank)
@@ -307,6 +314,10 @@ def _train(cfg: Any, run: TrainConfig, rank: int, world: int, device: torch.devi
                  f"policy {sum(p.numel() for p in policy.parameters()) / 1e6:.2f} M parameters, "
                  f"{total_steps} steps ({steps_per_epoch} per epoch), {world} process(es) on {device}"
                  + (f", resuming at step {step}" if step else ""))
+        if init_weights is not None:
+            over = {k: v for k, v in range_overshoot(policy.normalizer, data).items() if v > 0.05}
+            log.note(f"[train] starting from the weights and normaliser of {t_cfg.init_from}"
+                     + ("".join(f"; {k} leaves its normalised range by {v:.2f}" for k, v in over.items())))
 
     def checkpoint(metrics: dict) -> dict:
         states = [None] * world
