@@ -19,6 +19,11 @@ def test_repo_readme_passes():
     assert sum(1 for t in docs_check.parse_tables(REPO / "README.md") if t.sources) >= 3
 
 
+def test_readme_stays_a_short_guide():
+    # details live in docs/; the README is what a newcomer reads first
+    assert (REPO / "README.md").stat().st_size < 8 * 1024
+
+
 def test_marked_tables_in_docs_pass():
     for page in ("docs/policy.md", "docs/speed.md"):
         problems = check_file(REPO / page, REPO, marked_only=True)
