@@ -104,3 +104,22 @@ def test_gpu_check_refuses_a_missing_gpu_with_a_clear_message():
                        timeout=120)
     assert r.returncode != 0
     assert "--device cuda but torch sees no CUDA device" in r.stderr
+
+
+def test_time_test_suite_records_counts_status_and_machine(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "time_test_suite.py"
+    tests = tmp_path / "test_sample.py"
+    tests.write_text("import pytest\n\ndef test_a():\n    pass\n\ndef test_b():\n    pytest.skip('no')\n\n"
+                     "def test_c():\n    assert False\n")
+    out = tmp_path / "suite.json"
+    r = subprocess.run([sys.executable, str(script), "--json", str(out), "--", str(tests)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr          # pytest's status: one test failed
+    report = json.loads(out.read_text())
+    row = report["rows"][0]
+    assert (row["passed"], row["skipped"], row["failed"], row["exit_status"]) == (1, 1, 1, 1)
+    assert row["seconds"] > 0 and "cpu_model" in report["machine"] and "load_average" in report["machine_at_start"]
