@@ -17,7 +17,7 @@ every tensor's name and shape against the policy ``policy_config`` builds, and t
 Command line::
 
     diffpolicy-export [export] CHECKPOINT OUT_DIR [--raw] [--overwrite] [--name NAME]
-                      [--action-stride K] [--n-action-steps N]
+                      [--action-stride K] [--n-action-steps N] [--num-inference-steps S]
     python -m diffpolicy.policy.pretrained export CHECKPOINT OUT_DIR ...
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -52,13 +53,15 @@ _SHOWN = 3  # offending tensor names shown per kind
 
 def export_pretrained(checkpoint_path: str | Path, out_dir: str | Path, use_ema: bool = True,
                       name: str | None = None, overwrite: bool = False,
-                      n_action_steps: int | None = None, action_stride: int | None = None) -> Path:
+                      n_action_steps: int | None = None, action_stride: int | None = None,
+                      num_inference_steps: int | None = None) -> Path:
     """Write ``out_dir/model.safetensors`` and ``out_dir/config.json`` from a training checkpoint.
 
     ``use_ema`` picks the EMA weights (default) or the raw ones; ``name`` (default: the
     folder's name) is recorded in config.json.  ``n_action_steps`` / ``action_stride``
     (None: the checkpoint's) set how the exported policy executes its plans
-    (:func:`~diffpolicy.policy.diffusion_policy.with_execution`).  An ``out_dir`` that
+    (:func:`~diffpolicy.policy.diffusion_policy.with_execution`), ``num_inference_steps``
+    (None: the checkpoint's) the sampler's denoising steps per call.  An ``out_dir`` that
     exists and is not empty is refused unless ``overwrite``.  Returns ``out_dir``.
     """
     out = Path(out_dir)
@@ -76,6 +79,8 @@ def export_pretrained(checkpoint_path: str | Path, out_dir: str | Path, use_ema:
     policy = build_policy(ckpt["policy_config"], where)
     try:
         policy.config = with_execution(policy.config, n_action_steps, action_stride)
+        if num_inference_steps is not None:
+            policy.config = replace(policy.config, num_inference_steps=num_inference_steps)
     except ValueError as exc:
         raise CheckpointError(f"cannot export {where}: {exc}") from None
     tensors = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
@@ -229,7 +234,7 @@ def _check_tensors(tensors: dict[str, torch.Tensor], policy: DiffusionPolicy, wh
 
 def main(argv: list[str] | None = None) -> None:
     """``diffpolicy-export [export] CHECKPOINT OUT_DIR [--raw] [--overwrite] [--name NAME]
-    [--action-stride K] [--n-action-steps N]``."""
+    [--action-stride K] [--n-action-steps N] [--num-inference-steps S]``."""
     import sys  # noqa: PLC0415
 
     from diffpolicy.cli._errors import run_cli  # noqa: PLC0415 (the policy package needs no CLI)
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="diffpolicy-export",
         usage="diffpolicy-export [export] CHECKPOINT OUT_DIR [--raw] [--overwrite] [--name NAME] "
-              "[--action-stride K] [--n-action-steps N]",
+              "[--action-stride K] [--n-action-steps N] [--num-inference-steps S]",
         description="Export the inference part of a training checkpoint as a pretrained folder "
                     f"({WEIGHTS_NAME} + {CONFIG_NAME}, no pickle).")
     parser.add_argument("checkpoint", help="a .pt file written by diffpolicy-train")
@@ -253,12 +258,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-action-steps", type=int, default=None,
                         help="actions executed per policy call (default: the checkpoint's, or with "
                              "--action-stride alone the most that fit in the plan)")
+    parser.add_argument("--num-inference-steps", type=int, default=None,
+                        help="the sampler's denoising steps per call (default: the checkpoint's)")
     args = parser.parse_args(argv)
 
     def export() -> None:
         out = export_pretrained(args.checkpoint, args.out_dir, use_ema=not args.raw, name=args.name,
                                 overwrite=args.overwrite, n_action_steps=args.n_action_steps,
-                                action_stride=args.action_stride)
+                                action_stride=args.action_stride,
+                                num_inference_steps=args.num_inference_steps)
         config = read_config(out / CONFIG_NAME)
         print(f"[export] {out}: {config['task']}, step {config['step']}, "
               f"{'EMA' if config['ema_weights'] else 'raw'} weights, sha256 {config['model_sha256'][:12]}")

@@ -233,3 +233,15 @@ def test_export_sets_how_the_policy_executes(ckpt, tmp_path):
     with pytest.raises(CheckpointError, match="n_action_steps=8, action_stride=2: .*must not exceed horizon"):
         export_pretrained(ckpt, tmp_path / "bad", n_action_steps=8, action_stride=2)
     assert not (tmp_path / "bad").exists()
+
+
+def test_export_sets_the_denoising_steps(ckpt, tmp_path):
+    out = export_pretrained(ckpt, tmp_path / "ddim16", num_inference_steps=16, n_action_steps=5, action_stride=2)
+    policy, info = load_pretrained(out)
+    assert (policy.config.num_inference_steps, policy.config.n_action_steps) == (16, 5)
+    assert info["policy_config"]["num_inference_steps"] == 16
+    assert policy.predict_action(_obs(), generator=torch.Generator().manual_seed(0)).shape[1] == 5
+    n_train = policy.config.num_train_timesteps
+    with pytest.raises(CheckpointError, match=rf"num_inference_steps must be in \[1, {n_train}\], got {n_train + 1}"):
+        export_pretrained(ckpt, tmp_path / "bad", num_inference_steps=n_train + 1)
+    assert not (tmp_path / "bad").exists()
