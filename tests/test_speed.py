@@ -123,3 +123,25 @@ def test_time_test_suite_records_counts_status_and_machine(tmp_path):
     row = report["rows"][0]
     assert (row["passed"], row["skipped"], row["failed"], row["exit_status"]) == (1, 1, 1, 1)
     assert row["seconds"] > 0 and "cpu_model" in report["machine"] and "load_average" in report["machine_at_start"]
+
+
+def test_time_make_demo_reads_the_training_time_and_refuses_an_existing_run(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "time_make_demo.py"
+    spec = importlib.util.spec_from_file_location("time_make_demo", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    log = tmp_path / "train.log"
+    log.write_text("2026-11-28 [train] done: step 4000/9000, loss 0.05, 3.1 min; checkpoint x\n"
+                   "2026-11-28 [train] done: step 9000/9000, loss 0.0312, 8.0 min; checkpoint x\n")
+    assert module.training_minutes(log) == (9000, 8.0)
+    log.write_text("[train] pusht_keypoints: 206 episodes\n")
+    with pytest.raises(SystemExit, match="no '\\[train\\] done' line"):
+        module.training_minutes(log)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    r = subprocess.run([sys.executable, str(script), "--demo-dir", str(tmp_path / "run"), "--json",
+                        str(tmp_path / "t.json")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "already holds a run" in r.stderr
