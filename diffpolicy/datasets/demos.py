@@ -202,7 +202,8 @@ def demo_loader(data: DemoData, batch_size: int = 256, split: str = "train", val
                 seed: int = 42, max_train_episodes: int | None = None, horizon: int = 16,
                 n_obs_steps: int = 2, n_action_steps: int = 8, crop: int | None = None,
                 shuffle: bool | None = None, drop_last: bool = False,
-                device: str | torch.device | None = None, frame_stride: int = 1) -> BatchLoader:
+                device: str | torch.device | None = None, frame_stride: int = 1,
+                pad_after: int | None = None) -> BatchLoader:
     """Batches of windows for training (``split="train"``), validation ("val") or all episodes ("all").
 
     Batches as in the module docstring; ``crop`` (optional, cameras only) takes a random
@@ -212,14 +213,14 @@ def demo_loader(data: DemoData, batch_size: int = 256, split: str = "train", val
     defaults to True for "train" only.  ``device`` moves the frames there once (e.g.
     "cuda"); batches are then gathered on it.  ``frame_stride = k`` takes every k-th frame
     of the episodes (all k phases): a policy trained on it moves k times faster than the
-    demonstrator.
+    demonstrator.  ``pad_after`` (None: ``n_action_steps - 1``): see :class:`SequenceWindows`.
     """
     train_mask, val_mask = split_episodes(data.n_episodes, val_ratio, seed, max_train_episodes)
     masks = {"train": train_mask, "val": val_mask, "all": np.ones(data.n_episodes, dtype=bool)}
     if split not in masks:
         raise DatasetError(f"split must be one of {list(masks)}, got {split!r}")
     windows = SequenceWindows(data.episode_ends, horizon, n_obs_steps, n_action_steps, masks[split],
-                              frame_stride)
+                              frame_stride, pad_after)
     frames = data.frames if device is None else {k: v.to(device) for k, v in data.frames.items()}
     n_frames = {k: (horizon if k == ACTION else n_obs_steps) for k in frames}
     if data.cameras:

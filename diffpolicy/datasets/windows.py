@@ -103,13 +103,16 @@ class SequenceWindows:
     Attributes:
         indices: (N, H) int64 tensor of global frame indices.
         episode: (N,) int64 tensor, episode of each window.
-        horizon, n_obs_steps, n_action_steps, pad_before (= To - 1), pad_after (= Ta - 1).
+        horizon, n_obs_steps, n_action_steps, pad_before (= To - 1), pad_after (default Ta - 1,
+        the reference's rule: windows start up to that many frames past the last one whose
+        whole plan lies in the episode, their missing frames repeating the last).
 
     ``frame_stride = k``: window positions are k frames apart (see the module docstring).
     """
 
     def __init__(self, episode_ends: np.ndarray, horizon: int = 16, n_obs_steps: int = 2,
-                 n_action_steps: int = 8, episode_mask: np.ndarray | None = None, frame_stride: int = 1):
+                 n_action_steps: int = 8, episode_mask: np.ndarray | None = None, frame_stride: int = 1,
+                 pad_after: int | None = None):
         if min(horizon, n_obs_steps, n_action_steps) < 1:
             raise DatasetError(f"horizon, n_obs_steps, n_action_steps must be >= 1, "
                                f"got {horizon}, {n_obs_steps}, {n_action_steps}")
@@ -117,7 +120,11 @@ class SequenceWindows:
             raise DatasetError(f"n_obs_steps - 1 + n_action_steps = {n_obs_steps - 1 + n_action_steps} "
                                f"exceeds horizon {horizon}: the executed actions must lie in the window")
         self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
-        self.pad_before, self.pad_after = n_obs_steps - 1, n_action_steps - 1
+        if pad_after is not None and not 0 <= pad_after <= horizon - n_obs_steps:
+            raise DatasetError(f"pad_after must be in [0, horizon - n_obs_steps = {horizon - n_obs_steps}], "
+                               f"got {pad_after}")
+        self.pad_before = n_obs_steps - 1
+        self.pad_after = n_action_steps - 1 if pad_after is None else pad_after
         idx, ep = window_indices(episode_ends, horizon, self.pad_before, self.pad_after, episode_mask,
                                  frame_stride)
         self.indices = torch.from_numpy(idx)

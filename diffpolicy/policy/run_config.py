@@ -96,6 +96,7 @@ class TrainingConfig:
     obs_noise_std: float = 0.0          # Gaussian noise on normalised low-dim observations (0: off)
     obs_noise_decay_frac: float = 1.0   # its std decays linearly to 0 at this fraction of the steps
     init_from: str | None = None        # checkpoint or pretrained folder to start from (policy/init_from.py)
+    pad_after: int | None = None        # training windows past each episode's end (None: n_action_steps - 1)
 
 
 @dataclass

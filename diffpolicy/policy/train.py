@@ -271,7 +271,7 @@ def _train(cfg: Any, run: TrainConfig, rank: int, world: int, device: torch.devi
     split = dict(val_ratio=run.task.val_ratio, seed=run.task.split_seed,
                  max_train_episodes=run.task.max_train_episodes, horizon=pcfg.horizon,
                  n_obs_steps=pcfg.n_obs_steps, n_action_steps=pcfg.n_action_steps, device=device,
-                 frame_stride=run.task.frame_stride)
+                 frame_stride=run.task.frame_stride, pad_after=t_cfg.pad_after)
     loader = demo_loader(data, batch_size=t_cfg.batch_size, split="train", **split)
     val_loader = demo_loader(data, batch_size=256, split="val", shuffle=False, **split)
     n_windows = len(loader.windows)

@@ -200,3 +200,16 @@ def test_frame_stride_must_be_a_positive_integer():
     for bad in (0, 1.5, True):
         with pytest.raises(DatasetError, match="frame_stride must be an integer >= 1"):
             window_indices(np.array([10]), 4, 1, 1, frame_stride=bad)
+
+
+def test_pad_after_is_set_apart_from_the_actions_per_call():
+    """Training windows need not change with how many actions a policy executes per call."""
+    ends = np.array([20, 45, 60])
+    reference = SequenceWindows(ends, horizon=16, n_obs_steps=2, n_action_steps=8)       # pad_after 7
+    fewer = SequenceWindows(ends, horizon=16, n_obs_steps=2, n_action_steps=5)           # pad_after 4
+    kept = SequenceWindows(ends, horizon=16, n_obs_steps=2, n_action_steps=5, pad_after=7)
+    assert (reference.pad_after, fewer.pad_after, kept.pad_after) == (7, 4, 7)
+    assert len(fewer) == len(reference) - 3 * 3
+    assert torch.equal(kept.indices, reference.indices)
+    with pytest.raises(DatasetError, match=r"pad_after must be in \[0, horizon - n_obs_steps = 14\], got 15"):
+        SequenceWindows(ends, horizon=16, n_obs_steps=2, n_action_steps=5, pad_after=15)
