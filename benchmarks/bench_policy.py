@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 
 import torch
 
@@ -27,12 +28,19 @@ from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from diffpolicy.policy.ema import EMA
 from diffpolicy.speed import speed_row
 
-CONFIGS = {  # name: PolicyConfig overrides (matching diffpolicy/configs/policy/*.yaml)
-    "cpu": dict(down_dims=(32, 64, 128), step_embed_dim=32, sampler="ddim", num_inference_steps=10),
-    "cpu_wide": dict(down_dims=(64, 128, 256), step_embed_dim=64, sampler="ddim", num_inference_steps=10),
-    "published_lowdim": dict(down_dims=(256, 512, 1024), step_embed_dim=256, sampler="ddpm",
-                             num_inference_steps=100),
-}
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "diffpolicy" / "configs"
+
+
+def policy_group(name: str) -> dict:
+    """PolicyConfig fields of ``policy=<name>`` as Hydra composes them (keypoints task), minus
+    ``fast_unet``, which each row sets."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name="train", overrides=[f"policy={name}"])
+    fields = {k: v for k, v in OmegaConf.to_container(cfg.policy).items() if k not in ("name", "fast_unet")}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
 
 
 def make_policy(overrides: dict, fast: bool | str = True) -> DiffusionPolicy:
@@ -58,7 +66,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest for batch-1 calls on a busy 2-core machine)")
     ap.add_argument("--configs", default="cpu,cpu_wide")
-    ap.add_argument("--steps", default="5,10", help="DDIM step counts for the latency table")
+    ap.add_argument("--steps", default="10,16", help="DDIM step counts for the latency table (16: the default)")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=128, help="training batch")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -67,6 +75,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     reps = 8 if args.quick else args.reps
     names = args.configs.split(",")
+    groups = {name: policy_group(name) for name in names}
     m = speed.machine_info()
     print(f"{m['cpu_model']} ({m['cpu_capability']}), torch {m['torch']}, {m['threads']} threads, "
           f"load {m['load_average']}\n")
@@ -77,7 +86,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     obs1 = {"obs": torch.rand(1, 2, 20) * 512}
     for name in names:
-        policies = {k: make_policy(CONFIGS[name], fast).eval() for k, fast in PATHS}
+        policies = {k: make_policy(groups[name], fast).eval() for k, fast in PATHS}
         n = sum(p.numel() for p in policies["plain"].parameters()) / 1e6
         samplers = ([("ddim", int(s)) for s in args.steps.split(",")] if name.startswith("cpu")
                     else [("ddim", 10), ("ddpm", 100)])
@@ -102,7 +111,7 @@ def main() -> None:
     for name in names:
         steps, policies = {}, {}
         for k, fast in PATHS:
-            policy = make_policy(CONFIGS[name], fast)
+            policy = make_policy(groups[name], fast)
             policy.choose_train_path(args.batch)          # what diffpolicy-train does (auto only)
             ema = EMA(policy)
             opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
@@ -126,7 +135,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     obs50 = {"obs": torch.rand(50, 2, 20) * 512}
     for name in names:
-        policies = {k: make_policy(CONFIGS[name], fast).eval() for k, fast in PATHS}
+        policies = {k: make_policy(groups[name], fast).eval() for k, fast in PATHS}
         cfg = policies["plain"].config
         t = speed.time_interleaved({k: (lambda p=p: p.predict_action(obs50)) for k, p in policies.items()},
                                    max(3, reps // 4), warmup=2)
