@@ -23,9 +23,10 @@ from diffpolicy.policy.checkpoint import CheckpointError, load_checkpoint
 from diffpolicy.policy.diffusion_policy import PolicyConfig
 from diffpolicy.policy.pretrained import is_pretrained_path, load_pretrained
 
-# PolicyConfig fields that change how a trained network is used or trained, not the network
+# PolicyConfig fields that change how a trained network is run, not the network or its training
+# (with ``training.pad_after: null`` the training windows follow n_action_steps: see train.py)
 EXECUTION_KEYS = frozenset({"n_action_steps", "action_stride", "sampler", "num_inference_steps",
-                            "clip_sample", "fast_unet", "loss"})
+                            "clip_sample", "fast_unet"})
 
 
 def initial_weights(path: str | Path, config: PolicyConfig, task: str) -> dict[str, torch.Tensor]:
@@ -43,7 +44,7 @@ def initial_weights(path: str | Path, config: PolicyConfig, task: str) -> dict[s
         saved, state = ckpt["policy_config"], ckpt["ema"]["averaged"]
     saved = PolicyConfig.from_dict(saved).to_dict()
     ours = config.to_dict()
-    diff = sorted(k for k in ours if k not in EXECUTION_KEYS and saved.get(k) != ours[k])
+    diff = sorted(k for k in ours if k not in EXECUTION_KEYS | {"loss"} and saved.get(k) != ours[k])
     if diff:
         raise CheckpointError(f"training.init_from={path} holds a different network (differs in: "
                               + ", ".join(f"{k} {saved.get(k)!r} there, {ours[k]!r} here" for k in diff)

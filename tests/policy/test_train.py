@@ -63,6 +63,18 @@ def test_existing_run_needs_resume(small_store, tmp_path):
     with pytest.raises(CheckpointError, match="different policy config .*down_dims"):
         train(compose_config("train", tiny_overrides(small_store, run_dir, steps=8, resume="true",
                                                      **{"policy.down_dims": "[8,16,32]"})), progress=False)
+    # how the plan is executed may change between sessions (new defaults), what it learns may not
+    result = train(compose_config("train", tiny_overrides(small_store, run_dir, steps=6, resume="true",
+                                                          **{"policy.n_action_steps": 4,
+                                                             "policy.num_inference_steps": 3})), progress=False)
+    assert result.step == 6 and result.policy.config.n_action_steps == 4
+    with pytest.raises(CheckpointError, match="different policy config .*n_action_steps"):
+        train(compose_config("train", tiny_overrides(small_store, run_dir, steps=8, resume="true",
+                                                     **{"policy.n_action_steps": 6, "training.pad_after": "null"})),
+              progress=False)
+    with pytest.raises(CheckpointError, match="different policy config .*loss"):
+        train(compose_config("train", tiny_overrides(small_store, run_dir, steps=8, resume="true",
+                                                     **{"policy.loss": "l1"})), progress=False)
 
 
 def test_resume_continues_to_the_same_weights(small_store, tmp_path):
