@@ -136,6 +136,19 @@ class PolicyConfig:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
+    def differences(self, stored: dict, ignore: frozenset[str] = frozenset()) -> dict[str, tuple]:
+        """Fields (outside ``ignore``) in which ``stored``, a saved ``policy_config`` read with
+        :meth:`from_dict`, differs from this config: ``{field: (stored value, this value)}``,
+        sorted by field."""
+        theirs, ours = PolicyConfig.from_dict(stored).to_dict(), self.to_dict()
+        return {k: (theirs[k], v) for k, v in sorted(ours.items()) if k not in ignore and theirs[k] != v}
+
+
+# PolicyConfig fields that change how a trained network is run, not the network or its training
+# (with ``training.pad_after: null`` the training windows follow n_action_steps: see policy/train.py)
+EXECUTION_KEYS = frozenset({"n_action_steps", "action_stride", "sampler", "num_inference_steps",
+                            "clip_sample", "fast_unet"})
+
 
 def positive_ints(value, n: int) -> bool:
     """Is ``value`` a list or tuple of ``n`` positive integers (not booleans)?"""

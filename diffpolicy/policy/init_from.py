@@ -8,7 +8,7 @@ was trained on data scaled by it, so the new data are scaled the same way
 (:func:`range_overshoot` tells how far they leave the normalised range [-1, 1]).
 
 Only the network has to match: the policy config may differ in how plans are executed
-and sampled (:data:`EXECUTION_KEYS`) and in the training loss.  A run that resumes from
+and sampled (:data:`~diffpolicy.policy.diffusion_policy.EXECUTION_KEYS`) and in the training loss.  A run that resumes from
 its own ``latest.pt`` ignores ``init_from``: its own weights have moved on.
 """
 from __future__ import annotations
@@ -20,13 +20,8 @@ import torch
 from diffpolicy.datasets import DemoData
 from diffpolicy.datasets.normalizer import LinearNormalizer
 from diffpolicy.policy.checkpoint import CheckpointError, load_checkpoint
-from diffpolicy.policy.diffusion_policy import PolicyConfig
+from diffpolicy.policy.diffusion_policy import EXECUTION_KEYS, PolicyConfig
 from diffpolicy.policy.pretrained import is_pretrained_path, load_pretrained
-
-# PolicyConfig fields that change how a trained network is run, not the network or its training
-# (with ``training.pad_after: null`` the training windows follow n_action_steps: see train.py)
-EXECUTION_KEYS = frozenset({"n_action_steps", "action_stride", "sampler", "num_inference_steps",
-                            "clip_sample", "fast_unet"})
 
 
 def initial_weights(path: str | Path, config: PolicyConfig, task: str) -> dict[str, torch.Tensor]:
@@ -42,12 +37,10 @@ def initial_weights(path: str | Path, config: PolicyConfig, task: str) -> dict[s
     else:
         ckpt = load_checkpoint(path, task=task)
         saved, state = ckpt["policy_config"], ckpt["ema"]["averaged"]
-    saved = PolicyConfig.from_dict(saved).to_dict()
-    ours = config.to_dict()
-    diff = sorted(k for k in ours if k not in EXECUTION_KEYS | {"loss"} and saved.get(k) != ours[k])
+    diff = config.differences(saved, ignore=EXECUTION_KEYS | {"loss"})
     if diff:
         raise CheckpointError(f"training.init_from={path} holds a different network (differs in: "
-                              + ", ".join(f"{k} {saved.get(k)!r} there, {ours[k]!r} here" for k in diff)
+                              + ", ".join(f"{k} {there!r} there, {here!r} here" for k, (there, here) in diff.items())
                               + "): give the policy it was trained with")
     return state
 

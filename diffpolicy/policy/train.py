@@ -47,9 +47,9 @@ from diffpolicy.device import resolve_device
 from diffpolicy.eval_mode import eval_mode
 from diffpolicy.policy.checkpoint import (FORMAT, CheckpointDir, CheckpointError, load_checkpoint,
                                           rng_state, set_rng_state)
-from diffpolicy.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+from diffpolicy.policy.diffusion_policy import EXECUTION_KEYS, DiffusionPolicy
 from diffpolicy.policy.ema import EMA
-from diffpolicy.policy.init_from import EXECUTION_KEYS, initial_weights, range_overshoot
+from diffpolicy.policy.init_from import initial_weights, range_overshoot
 from diffpolicy.policy.run_config import (ConfigError, TrainConfig, check_train_config, dataset_path, demo_spec,
                                          policy_config, to_plain_config)
 from diffpolicy.policy.run_lock import RunLock
@@ -241,9 +241,8 @@ def _train(cfg: Any, run: TrainConfig, rank: int, world: int, device: torch.devi
         # not what it learns: a run may resume under other defaults, and its checkpoints then
         # record the new ones; the actions per call set the training windows when pad_after is null.
         # Keys added since the checkpoint was written (e.g. loss) take their defaults.
-        saved = PolicyConfig.from_dict(resume_ckpt["policy_config"]).to_dict()
         free = EXECUTION_KEYS - ({"n_action_steps"} if t_cfg.pad_after is None else set())
-        diff = sorted(k for k, v in pcfg.to_dict().items() if k not in free and saved.get(k) != v)
+        diff = pcfg.differences(resume_ckpt["policy_config"], ignore=free)
         if diff:
             raise CheckpointError(f"{ckpts.latest} was saved with a different policy config "
                                   f"(differs in: {', '.join(diff)}); use another run_dir=")
