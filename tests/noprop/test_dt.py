@@ -257,3 +257,22 @@ def test_latent_diagnostics_read_the_embedding_and_the_head(tmp_path):
     path = tmp_path / "ck.pt"
     torch.save({"best_state": learned.state_dict(), "model": None}, path)
     assert latent_diagnostics(_model_from_checkpoint(path)) == small
+
+
+def test_posterior_diagnostics_read_block_one_and_the_chain():
+    from diffpolicy.noprop.diagnose import posterior_diagnostics
+    from diffpolicy.noprop.train import accuracy
+    torch.manual_seed(0)
+    model = NoPropDT(n_classes=K, T=4, embedding="one_hot", image_size=IMG)
+    logits = torch.linspace(2.0, -1.0, K)
+    with torch.no_grad():                                   # block 1 ignores x and z: softmax(logits)
+        model.blocks.out3.weight[0].zero_()
+        model.blocks.out3.bias[0].copy_(logits)
+    x = torch.randn(30, 1, IMG, IMG)
+    y = torch.arange(30) % K
+    d = posterior_diagnostics(model, x, y, draws=2, runs=2, batch=7)
+    p = torch.softmax(logits, -1)
+    assert d["block1_mean_p_true"] == pytest.approx(float(p[y].mean()), rel=1e-5)
+    assert d["block1_argmax_acc"] == pytest.approx(float((y == 0).float().mean()))
+    assert d["deterministic_acc"] == pytest.approx(accuracy(model, x, y))
+    assert 0.0 <= d["stochastic_acc"] <= 1.0
