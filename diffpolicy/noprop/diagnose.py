@@ -41,6 +41,7 @@ from diffpolicy.datasets.fashion_mnist import fashion_mnist_splits
 from diffpolicy.eval_mode import eval_mode
 from diffpolicy.noprop.blocks import CONV_WIDTHS
 from diffpolicy.noprop.dt import NoPropDT
+from diffpolicy.noprop.train import accuracy
 from diffpolicy.serialization import safe_load
 
 
@@ -75,13 +76,8 @@ def posterior_diagnostics(model: NoPropDT, x: torch.Tensor, y: torch.Tensor, dra
                 first)[0].float(), -1) for _ in range(draws)) / draws
             post.append(p)
         post = torch.cat(post)                                                    # (N, K)
-
-        def acc(**kw) -> float:
-            pred = torch.cat([model.predict(x[i:i + batch], **kw).argmax(-1) for i in range(0, len(x), batch)])
-            return float((pred == y).float().mean())
-
-        sto = [acc(stochastic=True, generator=g) for _ in range(runs)]
-        det = acc()
+    sto = [accuracy(model, x, y, batch, stochastic=True, generator=g) for _ in range(runs)]
+    det = accuracy(model, x, y, batch)
     return {"block1_argmax_acc": float((post.argmax(-1) == y).float().mean()),
             "block1_mean_p_true": float(post[torch.arange(len(y)), y].mean()),
             "deterministic_acc": det, "stochastic_acc": sum(sto) / len(sto)}
