@@ -3,8 +3,8 @@
 Plain: 10 separate ``PaperBlock`` modules, fp32, contiguous tensors, each block
 trained on every batch with its own AdamW (what public NoProp code does).
 Ours: the 10 blocks stacked (batched matmuls, per-block AdamW) in each layout
-(``fused``: grouped convs, channels-last; ``per_block``: one plain conv per
-block) and precision (fp32; bf16 autocast where the CPU has it natively).
+(``per_block``: one plain conv per block, NCHW; ``per_block_cl``: the same in
+channels-last; ``fused``: grouped convs, channels-last) and precision (fp32; bf16 autocast where the CPU has it natively).
 The default is what ``precision=auto layout=auto`` picks on this machine
 (:mod:`diffpolicy.noprop.execution`, a cached start-up probe) and is marked.
 Measurements are interleaved (plain, candidate 1, candidate 2, ..., plain, ...)
@@ -107,7 +107,8 @@ def main() -> None:
     res = _interleaved(steps, args.reps, x, y)
     names = {"plain": "plain: 10 modules, fp32, NCHW, AdamW each",
              "fused": "fused blocks (grouped convs, channels-last)",
-             "per_block": "stacked blocks, one plain conv per block (NCHW)"}
+             "per_block": "stacked blocks, one plain conv per block (NCHW)",
+             "per_block_cl": "stacked blocks, one conv per block, channels-last"}
     default_key = f"{default[0]}_{default[1]}"
     print(f"## NoProp-DT training, all {T} blocks per batch of {BATCH} "
           f"({torch.get_num_threads()} threads, median of {args.reps} interleaved steps; "

@@ -35,6 +35,7 @@ import torch
 from diffpolicy.serialization import atomic_write
 
 CACHE_FILE = "speed_choices.json"
+ISA_LIMIT_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 TIE_MARGIN = 0.03     # another candidate must beat the first (the reference) by more than 3 %
 _LOGGED: set[tuple[str, str]] = set()
 
@@ -95,7 +96,9 @@ def bf16_native(device: torch.device | str = "cpu") -> bool:
     """Whether the hardware computes bf16 natively (else bf16 is emulated: never faster).
 
     CUDA: ``torch.cuda.is_bf16_supported()``.  x86 CPUs: the AVX-512 BF16 or AMX
-    BF16 instructions.  Apple silicon (arm64 macOS, ARMv8.6 bf16 on M2 and later)
+    BF16 instructions, and torch and oneDNN allowed to use them (not when
+    ``ATEN_CPU_CAPABILITY`` holds torch below AVX-512 or ``ONEDNN_MAX_CPU_ISA``
+    names an ISA without bf16, which is how an AVX2-only CPU is emulated).  Apple silicon (arm64 macOS, ARMv8.6 bf16 on M2 and later)
     and other ARM CPUs: the ``bf16`` cpu flag where Linux shows it, else oneDNN's
     own check.  Being native is necessary, not sufficient: :func:`choose` still
     times bf16 against fp32.
@@ -106,8 +109,12 @@ def bf16_native(device: torch.device | str = "cpu") -> bool:
     if device.type != "cpu":
         return False
     flags = cpu_flags()
+    if flags & {"avx512_bf16", "amx_bf16"}:                       # x86
+        onednn_isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+        return (cpu_capability().upper().startswith("AVX512")
+                and (onednn_isa in ("ALL", "DEFAULT") or "BF16" in onednn_isa or "AMX" in onednn_isa))
     if flags:
-        return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+        return "bf16" in flags
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # pragma: no cover
@@ -131,14 +138,17 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
             "bf16_native": bf16_native(device), "cores": os.cpu_count(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_average": load_average(), "device": str(device), "gpu": gpu_name(device),
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            # set when a run holds torch / oneDNN below the CPU's ISA (e.g. to emulate an AVX2-only CPU)
+            "isa_limits": {k: os.environ[k] for k in ISA_LIMIT_VARS if os.environ.get(k)}}
 
 
 def machine_key(device: torch.device | str = "cpu") -> str:
-    """Cache key: CPU model and capability, GPU, torch version and threads."""
+    """Cache key: CPU model and capability, GPU, torch version, threads and any ISA limit set."""
     gpu = gpu_name(device)
+    limits = [f"{k}={os.environ[k]}" for k in ISA_LIMIT_VARS if os.environ.get(k)]
     return " | ".join([cpu_model(), cpu_capability(), f"gpu {gpu}" if gpu else "cpu",
-                       f"torch {torch.__version__}", f"threads {torch.get_num_threads()}"])
+                       f"torch {torch.__version__}", f"threads {torch.get_num_threads()}"] + limits)
 
 
 # ------------------------------------------------------------------ timing

@@ -66,11 +66,35 @@ def test_bf16_native_reads_the_cpu_flags(monkeypatch):
     assert speed.bf16_native("cpu")
 
 
+def test_bf16_is_not_native_when_torch_or_onednn_is_held_below_avx512(monkeypatch):
+    """ATEN_CPU_CAPABILITY=avx2 / ONEDNN_MAX_CPU_ISA=AVX2 (how an AVX2-only CPU is emulated)."""
+    monkeypatch.setattr(speed, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(speed, "cpu_capability", lambda: "AVX2")
+    assert not speed.bf16_native("cpu")
+    monkeypatch.setattr(speed, "cpu_capability", lambda: "AVX512")
+    assert speed.bf16_native("cpu")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not speed.bf16_native("cpu")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert speed.bf16_native("cpu")
+
+
 def test_machine_info_names_what_a_result_needs():
     info = speed.machine_info()
     for key in ("cpu_model", "cpu_capability", "isa_flags", "cores", "torch", "threads", "load_average"):
         assert key in info
     assert info["threads"] == torch.get_num_threads()
+
+
+def test_an_isa_limit_is_recorded_and_keys_its_own_cache_entry(monkeypatch):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    free = speed.machine_key()
+    assert speed.machine_info()["isa_limits"] == {}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert speed.machine_info()["isa_limits"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert speed.machine_key() == free + " | ONEDNN_MAX_CPU_ISA=AVX2"
 
 
 def test_a_tie_keeps_the_reference(monkeypatch, tmp_path):

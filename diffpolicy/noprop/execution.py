@@ -1,7 +1,7 @@
 """How a NoProp or baseline model runs on this machine: precision and block layout.
 
 ``TrainConfig.precision`` (``auto | fp32 | bf16``) and ``TrainConfig.layout``
-(``auto | fused | per_block``) are resolved here before training starts.  For
+(``auto | per_block | per_block_cl | fused``) are resolved here before training starts.  For
 each ``auto`` the candidates are timed by :func:`diffpolicy.speed.choose` on one
 training step (forward + backward) at the run's batch shape, on a copy of the
 model, and the fastest is kept (cached per machine).  bf16 is a candidate only

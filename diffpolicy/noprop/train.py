@@ -60,7 +60,7 @@ class TrainConfig:
     block_schedule: str = "all"
     seed: int = 0
     precision: str = "auto"                    # auto: fp32 or (where native and faster) bf16, measured
-    layout: str = "auto"                       # auto | fused | per_block (paper blocks), measured
+    layout: str = "auto"                       # auto | per_block | per_block_cl | fused (paper blocks), measured
     eval_batch: int = 128                      # larger batches were no faster on CPU (memory-bound convs)
     max_steps_per_epoch: int | None = None     # cut epochs short (timing / smoke runs)
     predict_modes: dict = field(default_factory=lambda: {"deterministic": {}})

@@ -1,10 +1,10 @@
-"""The fused T-block network equals T separate paper blocks; ResNet backbones fit 28x28x1."""
+"""The fused T-block network equals T separate paper blocks; ResNet backbones fit 28x28x1; relu_dropout."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from diffpolicy.noprop.blocks import PaperBlock, StackedPaperBlocks, resnet_backbone
+from diffpolicy.noprop.blocks import PaperBlock, StackedPaperBlocks, relu_dropout, resnet_backbone
 
 
 def _blocks(n=3, d=6, k=4, dropout=0.0):
@@ -62,3 +62,25 @@ def test_bad_backbone_names_are_reported():
         resnet_backbone("resnet34")
     with pytest.raises(ValueError, match="unknown ResNet stem 'huge'"):
         resnet_backbone("resnet18", stem="huge")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_relu_dropout_has_the_law_and_gradient_of_relu_then_dropout(channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(64, 8, 16, 16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    y = relu_dropout(x, 0.25, True)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    kept = y != 0
+    positive = x.detach() > 0
+    assert not (kept & ~positive).any()                                  # relu first
+    assert abs(kept[positive].float().mean().item() - 0.75) < 0.01       # keep-probability 1 - p
+    torch.testing.assert_close(y[kept], x.detach()[kept] / 0.75)         # inverted-dropout scale
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, torch.where(kept, g / 0.75, 0.0))  # the same mask, zero off it
+    # evaluation and p = 0 are the plain relu
+    assert torch.equal(relu_dropout(x.detach(), 0.25, False), torch.relu(x.detach()))
+    assert torch.equal(relu_dropout(x.detach(), 0.0, True), torch.relu(x.detach()))

@@ -14,13 +14,15 @@ from diffpolicy.noprop.train import TrainConfig, autocast
 IMG = 12
 
 
-def test_per_block_layout_matches_fused_outputs_and_gradients():
+@pytest.mark.parametrize("layout", ["per_block", "per_block_cl"])
+def test_per_block_layouts_match_fused_outputs_and_gradients(layout):
     torch.manual_seed(0)
     a = StackedPaperBlocks(3, 8, 4, image_size=IMG, dropout=0.0)
     b = StackedPaperBlocks(3, 8, 4, image_size=IMG, dropout=0.0)
     b.load_state_dict(a.state_dict())
-    b.set_layout("per_block")
-    assert (a.layout, b.layout) == ("fused", "per_block")
+    b.set_layout(layout)
+    assert (a.layout, b.layout) == ("fused", layout)
+    assert b.conv2.weight.is_contiguous(memory_format=torch.channels_last) == (layout == "per_block_cl")
     x, z = torch.randn(6, 1, IMG, IMG), torch.randn(3, 6, 8)
     ya, yb = a(x, z), b(x, z)
     torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
@@ -29,7 +31,7 @@ def test_per_block_layout_matches_fused_outputs_and_gradients():
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-4, rtol=1e-4, msg=name)
     # a subset keeps its layout
-    assert b.select([0, 2]).layout == "per_block"
+    assert b.select([0, 2]).layout == layout
     with pytest.raises(ValueError, match="layout: expected one of"):
         a.set_layout("nchw")
 
@@ -38,7 +40,9 @@ def test_candidates_follow_hardware_and_config(monkeypatch):
     dt = NoPropDT(n_classes=4, T=2, embed_dim=8, image_size=IMG)
     resnet = BackboneClassifier("resnet18", 4)
     monkeypatch.setattr(speed, "bf16_native", lambda device="cpu": False)
-    assert execution.candidates(dt, "auto", "auto", "cpu") == [("fused", "fp32"), ("per_block", "fp32")]
+    # the plain ops come first: the probe keeps them unless another layout is clearly faster
+    assert execution.candidates(dt, "auto", "auto", "cpu") == [
+        ("per_block", "fp32"), ("per_block_cl", "fp32"), ("fused", "fp32")]
     assert execution.candidates(resnet, "auto", "auto", "cpu") == [("fused", "fp32")]
     monkeypatch.setattr(speed, "bf16_native", lambda device="cpu": True)
     assert ("per_block", "bf16") in execution.candidates(dt, "auto", "auto", "cpu")
