@@ -76,6 +76,11 @@ class _ReluDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         keep, = ctx.saved_tensors
+        if grad.dim() == 4 and keep.is_contiguous(memory_format=torch.channels_last) \
+                and not keep.is_contiguous():
+            # the gradient of the NCHW-order flatten after the last block arrives NCHW; giving
+            # it the input's channels-last format spares max-pool's and conv's backward a copy
+            grad = grad.contiguous(memory_format=torch.channels_last)
         return grad * keep * ctx.scale, None
 
 
@@ -230,6 +235,8 @@ class StackedPaperBlocks(nn.Module):
                 return relu_dropout(h, p, train)
         # max-pool before ReLU (they commute) halves the ReLU work on the big maps
         h = F.conv2d(x, *self._conv_params(self.conv1, sl), padding=1)
+        if self.channels_last:   # a 1-channel input is NCHW too, so the conv returned NCHW
+            h = h.contiguous(memory_format=torch.channels_last)     # (max-pool: 2-4x faster)
         h = act(F.max_pool2d(h, 2))
         h = F.conv2d(h, *self._conv_params(self.conv2, sl), padding=1, groups=k)
         h = act(h)

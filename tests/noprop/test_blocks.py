@@ -84,3 +84,20 @@ def test_relu_dropout_has_the_law_and_gradient_of_relu_then_dropout(channels_las
     # evaluation and p = 0 are the plain relu
     assert torch.equal(relu_dropout(x.detach(), 0.25, False), torch.relu(x.detach()))
     assert torch.equal(relu_dropout(x.detach(), 0.0, True), torch.relu(x.detach()))
+
+
+def test_channels_last_layouts_keep_channels_last_through_the_image_path(monkeypatch):
+    """conv1 on a 1-channel image returns NCHW unless told; the flatten's gradient arrives NCHW.
+    Both would send max-pool (forward and backward) through the slow NCHW kernels and copies."""
+    stack = StackedPaperBlocks(2, 6, 4, image_size=12, dropout=0.2).set_layout("per_block_cl")
+    x = torch.randn(5, 1, 12, 12)
+    inputs, grads = [], []
+    max_pool2d = torch.nn.functional.max_pool2d
+
+    def spy(h, *args, **kwargs):
+        inputs.append(h.is_contiguous(memory_format=torch.channels_last))
+        h.register_hook(lambda g: grads.append(g.is_contiguous(memory_format=torch.channels_last)))
+        return max_pool2d(h, *args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, "max_pool2d", spy)
+    stack.image_features(x).sum().backward()
+    assert inputs == [True] * 4 and grads == [True] * 4        # 2 blocks x 2 pools
