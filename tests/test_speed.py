@@ -169,3 +169,16 @@ def test_time_make_demo_reads_the_training_time_and_refuses_an_existing_run(tmp_
     r = subprocess.run([sys.executable, str(script), "--demo-dir", str(tmp_path / "run"), "--json",
                         str(tmp_path / "t.json")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "already holds a run" in r.stderr
+
+
+def test_time_noprop_quick_passes_overrides_and_reports_a_failed_run(tmp_path):
+    """A bad override reaches diffpolicy-noprop, which refuses it: the script exits non-zero, no report."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "time_noprop_quick.py"
+    out = tmp_path / "quick.json"
+    r = subprocess.run([sys.executable, str(script), "--json", str(out), "--", "no_such_key=1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "no_such_key" in r.stdout + r.stderr
+    assert "diffpolicy-noprop --quick exited with" in r.stderr and not out.exists()
