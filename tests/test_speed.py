@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import sys
 import time
 
 import pytest
@@ -182,3 +185,34 @@ def test_time_noprop_quick_passes_overrides_and_reports_a_failed_run(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "no_such_key" in r.stdout + r.stderr
     assert "diffpolicy-noprop --quick exited with" in r.stderr and not out.exists()
+
+
+_FAULTS_SCRIPT = """
+import resource, torch
+from diffpolicy import speed
+applied = speed.keep_freed_memory()
+x = torch.randn(64, 32, 84, 84)                                   # 58 MB: above glibc's mmap threshold
+for _ in range(2):
+    (torch.relu(x) * 2.0).sum()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    (torch.relu(x) * 2.0).sum()
+print(applied, speed.machine_info()["malloc_keeps_freed_memory"],
+      (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 10)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="keep_freed_memory acts on glibc's malloc only")
+def test_keep_freed_memory_stops_the_page_faults_of_large_tensors():
+    """Off, every 58 MB temporary is mmap-ed and faulted in anew; on, freed blocks are reused."""
+    import subprocess
+    faults = {}
+    for value in ("0", "1"):
+        r = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, speed.KEEP_FREED_ENV: value})
+        applied, recorded, n = r.stdout.split()
+        assert applied == recorded == ("True" if value == "1" else "False"), r.stderr
+        faults[value] = int(n)
+    assert faults["0"] > 10000                     # ~14k pages of 4 KB per 58 MB temporary
+    assert faults["1"] < faults["0"] / 10

@@ -9,6 +9,7 @@ from diffpolicy.datasets.errors import DatasetError
 from diffpolicy.policy.checkpoint import CheckpointError
 from diffpolicy.policy.run_config import ConfigError
 from diffpolicy.serialization import WriteError
+from diffpolicy.speed import keep_freed_memory
 
 # WriteError: a checkpoint or report the disk refused (full, ulimit -f); the previous file is kept
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError, WriteError)
@@ -33,7 +34,9 @@ def remove_if_unused(run_dir: str | Path) -> None:
 
 def run_cli(fn: Callable[[], object], run_dir: str | Path | None = None) -> None:
     """Call ``fn``; a user error prints ``error: <message>`` and exits with status 2,
-    first removing ``run_dir`` if the refused run left it empty (``remove_if_unused``)."""
+    first removing ``run_dir`` if the refused run left it empty (``remove_if_unused``).
+    Freed memory is kept for reuse (:func:`diffpolicy.speed.keep_freed_memory`)."""
+    keep_freed_memory()
     try:
         fn()
     except USER_ERRORS as exc:

@@ -102,6 +102,7 @@ def row_train_config(row: dict, train: dict, seed: int) -> TrainConfig:
 def run_row(row: dict, seed: int, cfg: dict, out_dir: Path) -> dict:
     """Train and test one (row, seed) in this process; returns the result record."""
     t_row = time.time()
+    speed.keep_freed_memory()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     d = cfg["data"]
