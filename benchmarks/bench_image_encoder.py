@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     ap.add_argument("--json", default=None, help="write the rows and the machine to this file")
     args = ap.parse_args()
+    speed.keep_freed_memory()                # as the command-line entry points do
     torch.set_num_threads(args.threads)
     encoders = _encoders()
     params = {t: sum(p.numel() for p in e.parameters()) for t, e in encoders.items()}

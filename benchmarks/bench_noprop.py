@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--models", action="store_true", help="also time one step of every table row's model")
     ap.add_argument("--json", default=None, help="write the rows and the machine to this JSON file")
     args = ap.parse_args()
+    speed.keep_freed_memory()                # as the command-line entry points do
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x, y = torch.randn(BATCH, 1, 28, 28), torch.randint(0, K, (BATCH,))

@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--json", default=None, help="write the rows and the machine to this JSON file")
     args = ap.parse_args()
+    speed.keep_freed_memory()                # as the command-line entry points do
     torch.set_num_threads(args.threads)
     reps = 8 if args.quick else args.reps
     names = args.configs.split(",")

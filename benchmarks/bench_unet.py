@@ -197,6 +197,7 @@ def main() -> None:
     p.add_argument("--skip-published", action="store_true", help="only the small candidates")
     p.add_argument("--json", default=None, help="write the rows and the machine to this JSON file")
     a = p.parse_args()
+    speed.keep_freed_memory()                # as the command-line entry points do
     torch.set_num_threads(a.threads)
     names = [n for n in CONFIGS if not (a.skip_published and "published" in n)]
     m = speed.machine_info()
