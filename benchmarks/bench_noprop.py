@@ -4,7 +4,8 @@ Plain: 10 separate ``PaperBlock`` modules, fp32, contiguous tensors, each block
 trained on every batch with its own AdamW (what public NoProp code does).
 Ours: the 10 blocks stacked (batched matmuls, per-block AdamW) in each layout
 (``per_block``: one plain conv per block, NCHW; ``per_block_cl``: the same in
-channels-last; ``fused``: grouped convs, channels-last) and precision (fp32; bf16 autocast where the CPU has it natively).
+channels-last; ``fused``: grouped convs, channels-last) and precision (fp32;
+bf16 autocast where the CPU has it natively).
 The default is what ``precision=auto layout=auto`` picks on this machine
 (:mod:`diffpolicy.noprop.execution`, a cached start-up probe) and is marked.
 Measurements are interleaved (plain, candidate 1, candidate 2, ..., plain, ...)

@@ -83,6 +83,12 @@ def cpu_capability() -> str:
         return "unknown"
 
 
+def isa_limits() -> dict[str, str]:
+    """ISA limits set in the environment (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``): how a
+    run holds torch / oneDNN below the CPU's instruction set, e.g. to emulate an AVX2-only CPU."""
+    return {k: os.environ[k] for k in ISA_LIMIT_VARS if os.environ.get(k)}
+
+
 def gpu_name(device: torch.device | str | None = None) -> str | None:
     device = torch.device(device) if device is not None else None
     if device is not None and device.type == "cuda" and torch.cuda.is_available():
@@ -98,9 +104,9 @@ def bf16_native(device: torch.device | str = "cpu") -> bool:
     CUDA: ``torch.cuda.is_bf16_supported()``.  x86 CPUs: the AVX-512 BF16 or AMX
     BF16 instructions, and torch and oneDNN allowed to use them (not when
     ``ATEN_CPU_CAPABILITY`` holds torch below AVX-512 or ``ONEDNN_MAX_CPU_ISA``
-    names an ISA without bf16, which is how an AVX2-only CPU is emulated).  Apple silicon (arm64 macOS, ARMv8.6 bf16 on M2 and later)
-    and other ARM CPUs: the ``bf16`` cpu flag where Linux shows it, else oneDNN's
-    own check.  Being native is necessary, not sufficient: :func:`choose` still
+    names an ISA without bf16: :func:`isa_limits`).  Apple silicon (arm64 macOS,
+    ARMv8.6 bf16 on M2 and later) and other ARM CPUs: the ``bf16`` cpu flag where
+    Linux shows it, else oneDNN's own check.  Being native is necessary, not sufficient: :func:`choose` still
     times bf16 against fp32.
     """
     device = torch.device(device)
@@ -110,7 +116,7 @@ def bf16_native(device: torch.device | str = "cpu") -> bool:
         return False
     flags = cpu_flags()
     if flags & {"avx512_bf16", "amx_bf16"}:                       # x86
-        onednn_isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+        onednn_isa = isa_limits().get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
         return (cpu_capability().upper().startswith("AVX512")
                 and (onednn_isa in ("ALL", "DEFAULT") or "BF16" in onednn_isa or "AMX" in onednn_isa))
     if flags:
@@ -139,14 +145,13 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_average": load_average(), "device": str(device), "gpu": gpu_name(device),
             "python": platform.python_version(), "malloc_keeps_freed_memory": bool(_KEEP_FREED),
-            # set when a run holds torch / oneDNN below the CPU's ISA (e.g. to emulate an AVX2-only CPU)
-            "isa_limits": {k: os.environ[k] for k in ISA_LIMIT_VARS if os.environ.get(k)}}
+            "isa_limits": isa_limits()}
 
 
 def machine_key(device: torch.device | str = "cpu") -> str:
     """Cache key: CPU model and capability, GPU, torch version, threads and any ISA limit set."""
     gpu = gpu_name(device)
-    limits = [f"{k}={os.environ[k]}" for k in ISA_LIMIT_VARS if os.environ.get(k)]
+    limits = [f"{k}={v}" for k, v in isa_limits().items()]
     return " | ".join([cpu_model(), cpu_capability(), f"gpu {gpu}" if gpu else "cpu",
                        f"torch {torch.__version__}", f"threads {torch.get_num_threads()}"] + limits)
 
