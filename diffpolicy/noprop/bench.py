@@ -1,8 +1,9 @@
 """The benchmark table: the course paper's Table I rows plus NoProp-DT and its backprop twin,
 trained on one machine with one data pipeline, side by side.
 
-Each (row, seed) runs in its own process (so its peak memory is its own) and
-writes ``rows/<row>_seed<k>.json`` when done; a rerun skips finished rows and
+Each (row, seed) runs in its own process (so its peak memory is its own;
+``workers`` of them side by side, each on ``cpu_count // workers`` threads unless
+``threads`` says otherwise) and writes ``rows/<row>_seed<k>.json`` when done; a rerun skips finished rows and
 resumes unfinished ones from their per-epoch checkpoint.  The outputs are
 ``results.md``, ``results.json`` and ``noprop_curves.png`` in ``out_dir``.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+import os
 import resource
 import sys
 import time
@@ -103,14 +105,18 @@ def run_row(row: dict, seed: int, cfg: dict, out_dir: Path) -> dict:
     """Train and test one (row, seed) in this process; returns the result record."""
     t_row = time.time()
     speed.keep_freed_memory()
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    workers = _workers(cfg)
+    threads = cfg.get("threads") or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
+    if threads:
+        torch.set_num_threads(int(threads))
     d = cfg["data"]
     data = fashion_mnist_splits(d.get("root"), d.get("val_size", 5000), d.get("split_seed", 0),
                                 d.get("train_subset"), d.get("test_subset"), d.get("download", False))
     torch.manual_seed(seed)
     model = build_model(row, data)
     tcfg = row_train_config(row, cfg["train"], seed)
+    if workers > 1:                      # side-by-side rows: epoch lines only, no interleaved bars
+        tcfg = replace(tcfg, progress=False)
     tag = f"{row['name']}_seed{seed}"
     log_path = out_dir / "log.txt"
 
@@ -138,7 +144,8 @@ def run_row(row: dict, seed: int, cfg: dict, out_dir: Path) -> dict:
                             if tcfg.device.startswith("cuda") else None),
                threads=torch.get_num_threads(), machine=speed.machine_info(tcfg.device),
                block_schedule=tcfg.block_schedule if row["kind"] == "dt" else None,
-               wall_seconds=time.time() - t_row)   # data, probe, training, evaluation of this row
+               wall_seconds=time.time() - t_row,   # data, probe, training, evaluation of this row
+               started_at=t_row, finished_at=time.time())
     return res
 
 
@@ -151,7 +158,7 @@ def _child(row: dict, seed: int, cfg: dict, out_dir: str, result_path: str) -> N
         sys.exit(1)
 
 
-TOP_KEYS = {"out_dir", "isolate", "threads", "seeds", "only", "epochs", "data", "train", "rows"}
+TOP_KEYS = {"out_dir", "isolate", "workers", "threads", "seeds", "only", "epochs", "data", "train", "rows"}
 DATA_KEYS = {"root", "val_size", "split_seed", "train_subset", "test_subset", "download"}
 ROW_KEYS = {"name", "kind", "T", "embedding", "embed_dim", "eta", "dropout", "epochs", "backbone", "stem",
             "inference_steps", "val_inference_steps", "train", "head_init", "block_loss",
@@ -167,6 +174,7 @@ def check_config(cfg: dict) -> None:
                              f"(known keys{' in ' + where.rstrip('.') if where else ''}: {', '.join(sorted(known))})")
     train_keys = set(TrainConfig.__dataclass_fields__)
     unknown(cfg, TOP_KEYS, "")
+    _workers(cfg)
     unknown(cfg.get("data") or {}, DATA_KEYS, "data.")
     unknown(cfg.get("train") or {}, train_keys, "train.")
     for i, row in enumerate(cfg.get("rows") or []):
@@ -187,8 +195,25 @@ def run_table(cfg: dict) -> list[dict]:
     rows = [dict(r, epochs=cfg["epochs"]) if cfg.get("epochs") else r
             for r in cfg["rows"] if not cfg.get("only") or r["name"] in cfg["only"]]
     jobs = [(r, s) for r in rows for s in cfg["seeds"]]
+    workers = _workers(cfg)
     failed = []
+    running: list[tuple[mp.Process, str, Path]] = []     # (process, status, result path)
     t_start = time.time()
+
+    def reap() -> None:
+        """Wait for one running row to end; note it if it failed."""
+        while running:
+            for item in list(running):
+                p, status, result_path = item
+                if not p.is_alive():
+                    p.join()
+                    running.remove(item)
+                    if p.exitcode != 0 or not result_path.exists():
+                        failed.append(status.split("] ", 1)[1])
+                        print(f"{status}: FAILED (see the traceback above)", flush=True)
+                    return
+            time.sleep(1.0)
+
     for i, (row, seed) in enumerate(jobs):
         result_path = out_dir / "rows" / f"{row['name']}_seed{seed}.json"
         status = f"[{i + 1}/{len(jobs)}] {row['name']} seed {seed}"
@@ -199,21 +224,21 @@ def run_table(cfg: dict) -> list[dict]:
                                  f"for {row['epochs']}: use another out_dir (results are never mixed)")
             print(f"{status}: done earlier, skipped", flush=True)
             continue
+        while len(running) >= workers:
+            reap()
         print(f"{status}: {row['epochs']} epoch(s), {time.time() - t_start:.0f} s elapsed",
               flush=True)
-        (out_dir / "progress.txt").write_text(f"{status}\nstarted {time.ctime()}\n")
         if cfg.get("isolate", True):
             p = mp.get_context("spawn").Process(target=_child, args=(row, seed, cfg, str(out_dir),
                                                                       str(result_path)))
             p.start()
-            p.join()
-            ok = p.exitcode == 0 and result_path.exists()
+            running.append((p, status, result_path))
+            _write_progress(out_dir, [s for _, s, _ in running])
         else:
+            _write_progress(out_dir, [status])
             result_path.write_text(json.dumps(run_row(row, seed, cfg, out_dir), indent=1))
-            ok = True
-        if not ok:
-            failed.append(f"{row['name']} seed {seed}")
-            print(f"{status}: FAILED (see the traceback above)", flush=True)
+    while running:
+        reap()
     results = [json.loads(p.read_text()) for p in sorted((out_dir / "rows").glob("*.json"))]
     order = {r["name"]: i for i, r in enumerate(cfg["rows"])}
     results = sorted([r for r in results if r["row"] in order], key=lambda r: (order[r["row"]], r["seed"]))
@@ -222,6 +247,31 @@ def run_table(cfg: dict) -> list[dict]:
     if failed:
         raise RuntimeError(f"rows failed: {', '.join(failed)} (finished rows are saved; rerun to retry)")
     return results
+
+
+def _workers(cfg: dict) -> int:
+    """How many (row, seed) processes run side by side (``workers``; 1 unless set)."""
+    workers = cfg.get("workers")
+    workers = 1 if workers is None else workers
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers: expected a whole number >= 1, got {workers!r}")
+    if workers > 1 and not cfg.get("isolate", True):
+        raise ValueError("workers > 1 runs rows in their own processes: it needs isolate=true")
+    return workers
+
+
+def covered_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals: the clock time rows kept busy."""
+    total, end = 0.0, -math.inf
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def _write_progress(out_dir: Path, running: list[str]) -> None:
+    (out_dir / "progress.txt").write_text("".join(f"{s}\n" for s in running) + f"started {time.ctime()}\n")
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float | None]:
@@ -306,11 +356,13 @@ def write_outputs(results: list[dict], cfg: dict, out_dir: Path) -> None:
     md = markdown_table(lines, cfg) if lines else "No rows finished.\n"
     (out_dir / "results.md").write_text(md)
     wall = sum(r.get("wall_seconds", 0.0) for r in results)
+    span = covered_seconds([(r["started_at"], r["finished_at"]) for r in results if "started_at" in r])
     (out_dir / "results.json").write_text(json.dumps(
-        {"rows": lines, "runs": results, "table_wall_seconds": wall,
+        {"rows": lines, "runs": results, "table_wall_seconds": wall, "table_span_seconds": span,
+         "workers": _workers(cfg), "threads": cfg.get("threads"),
          "machine": speed.machine_info(cfg["train"].get("device", "cpu"))}, indent=1))
-    print(f"table: {wall / 60:.1f} min of row wall time (each row's data, probe, training and tests)",
-          flush=True)
+    print(f"table: {wall / 60:.1f} min of row wall time (each row's data, probe, training and tests), "
+          f"{span / 60:.1f} min on the clock with {_workers(cfg)} row(s) side by side", flush=True)
     if lines:
         plot_curves(lines, out_dir / "noprop_curves.png")
     print(md, flush=True)

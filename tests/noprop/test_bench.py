@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -136,3 +137,28 @@ def test_unknown_config_keys_are_refused(capsys):
         check_config(dict(cfg, dta={}))
     assert main(["--quick", "+train.precison=bf16"]) == 2
     assert "error: unknown NoProp config key train.precison" in capsys.readouterr().err
+
+
+def test_rows_run_side_by_side_with_workers(fmnist_root, tmp_path):
+    out = tmp_path / "two"
+    assert main(["--quick", f"out_dir={out}", "only=[noprop-dt,backprop-dt]", "workers=2",
+                 "data.train_subset=64", "data.val_size=64", "data.test_subset=64",
+                 "train.max_steps_per_epoch=1", f"data.root={fmnist_root}"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["workers"] == 2 and len(report["runs"]) == 2
+    assert all(r["threads"] == max(1, os.cpu_count() // 2) for r in report["runs"])
+    # the two rows overlapped in time: the clock span is shorter than the summed row times
+    assert report["table_span_seconds"] < 0.9 * report["table_wall_seconds"]
+    assert "finished" in (out / "progress.txt").read_text()
+
+
+def test_covered_seconds_and_bad_workers():
+    from diffpolicy.noprop.bench import check_config, covered_seconds
+    from diffpolicy.noprop.cli import load_config
+    assert covered_seconds([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17
+    assert covered_seconds([]) == 0
+    cfg = load_config("quick")
+    with pytest.raises(ValueError, match="workers: expected a whole number >= 1, got 0"):
+        check_config(dict(cfg, workers=0))
+    with pytest.raises(ValueError, match="needs isolate=true"):
+        check_config(dict(cfg, workers=2, isolate=False))
