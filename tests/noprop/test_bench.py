@@ -120,9 +120,10 @@ def test_unknown_config_keys_are_refused(capsys):
     check_config(cfg)                                           # the shipped configs are clean
     check_config(load_config("bench"))
     check_config(load_config("gpu"))
-    paper = load_config("ct_paper")
+    paper = load_config("paper_table")
     check_config(paper)
-    ct = build_model(paper["rows"][1], type("D", (), {"n_classes": 10})())
+    assert paper["workers"] == 2 and {r.get("stem") for r in paper["rows"][2:]} == {"small"}
+    ct = build_model(paper["rows"][3], type("D", (), {"n_classes": 10})())
     assert ct.out[0].in_features == 3 * 256 and ct.schedule_diagnostics()["gamma_0"] == 10.0
     ablation = load_config("dt_ablation")
     check_config(ablation)
