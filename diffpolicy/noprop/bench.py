@@ -300,6 +300,8 @@ def summarise(results: list[dict]) -> list[dict]:
         lines.append({
             "row": name, "method": first["method"], "backbone": first["backbone"],
             "epochs": first["epochs"], "seeds": [r["seed"] for r in rs], "test_acc": acc,
+            "test_acc_by_seed": {m: [100 * r["test_acc"][m] for r in rs] for m in first["test_acc"]},
+            "sampling_sd_by_seed": {m: [_sampling_sd([r], m) for r in rs] for m in first["test_acc"]},
             "sampling_sd": {m: _sampling_sd(rs, m) for m in first["test_acc"]},
             "val_acc": _mean_sd([100 * r["val_acc"] for r in rs]),
             "seconds_per_epoch": _mean_sd([r["seconds_per_epoch"] for r in rs]),
@@ -356,13 +358,15 @@ def write_outputs(results: list[dict], cfg: dict, out_dir: Path) -> None:
     md = markdown_table(lines, cfg) if lines else "No rows finished.\n"
     (out_dir / "results.md").write_text(md)
     wall = sum(r.get("wall_seconds", 0.0) for r in results)
-    span = covered_seconds([(r["started_at"], r["finished_at"]) for r in results if "started_at" in r])
+    timed = [(r["started_at"], r["finished_at"]) for r in results if "started_at" in r]
+    span = covered_seconds(timed) if len(timed) == len(results) else None   # None: rows from before
     (out_dir / "results.json").write_text(json.dumps(
         {"rows": lines, "runs": results, "table_wall_seconds": wall, "table_span_seconds": span,
          "workers": _workers(cfg), "threads": cfg.get("threads"),
          "machine": speed.machine_info(cfg["train"].get("device", "cpu"))}, indent=1))
     print(f"table: {wall / 60:.1f} min of row wall time (each row's data, probe, training and tests), "
-          f"{span / 60:.1f} min on the clock with {_workers(cfg)} row(s) side by side", flush=True)
+          + (f"{span / 60:.1f} min on the clock with {_workers(cfg)} row(s) side by side" if span is not None
+             else "clock span not recorded for every row"), flush=True)
     if lines:
         plot_curves(lines, out_dir / "noprop_curves.png")
     print(md, flush=True)

@@ -87,12 +87,14 @@ def test_summary_reports_mean_and_standard_deviation():
     lines = summarise([run(0, 0.90), run(1, 0.92)])
     m, sd = lines[0]["test_acc"]["deterministic"]
     assert abs(m - 91.0) < 1e-9 and abs(sd - 2 ** 0.5) < 1e-9
+    assert lines[0]["test_acc_by_seed"]["deterministic"] == pytest.approx([90.0, 92.0])
     assert "91.00 ± 1.41" in markdown_table(lines, {"seeds": [0, 1]})
     stochastic = [dict(run(i, 0.9), test_acc={"deterministic": 0.9, "stochastic": acc},
                        test_acc_runs={"stochastic": runs}) for i, (acc, runs) in
                   enumerate([(0.85, [0.84, 0.86]), (0.87, [0.87, 0.87])])]
     line = summarise(stochastic)[0]
     assert line["sampling_sd"]["stochastic"] == pytest.approx((100 * 0.02 / 2 ** 0.5 + 0) / 2)
+    assert line["sampling_sd_by_seed"]["stochastic"] == pytest.approx([100 * 0.02 / 2 ** 0.5, 0])
     assert "86.00 ± 1.41 (sampling s.d. 0.71)" in markdown_table([line], {"seeds": [0, 1]})
 
 
