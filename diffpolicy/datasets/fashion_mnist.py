@@ -196,3 +196,33 @@ def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: 
     for i in range(0, stop, batch_size):
         idx = order[i:i + batch_size]
         yield x[idx], y[idx]
+
+
+AUGMENTATIONS = ("none", "crop_flip")
+
+
+def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator | None = None,
+                  pad: int = 2) -> torch.Tensor:
+    """Training-time augmentation of a normalised batch ``x (B, C, H, W)``.
+
+    ``"none"`` returns ``x`` itself; ``"crop_flip"`` pads each image by ``pad``
+    pixels with its own background (the image's minimum, i.e. a black pixel
+    after normalisation), takes a random ``H x W`` crop, and mirrors half the
+    images left-right (the usual Fashion-MNIST / CIFAR recipe).
+    """
+    if mode not in AUGMENTATIONS:
+        raise ValueError(f"augment: expected one of {AUGMENTATIONS}, got {mode!r}")
+    if mode == "none":
+        return x
+    b, c, h, w = x.shape
+    background = x.amin(dim=(1, 2, 3), keepdim=True)
+    padded = background.expand(b, c, h + 2 * pad, w + 2 * pad).clone()
+    padded[:, :, pad:pad + h, pad:pad + w] = x
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    flip = torch.rand(b, generator=generator) < 0.5
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(b, c, h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = dx[:, None] + torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :].expand(b, c, h, w)
+    return out.gather(3, cols)

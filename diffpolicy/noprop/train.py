@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from diffpolicy.datasets.fashion_mnist import FMNISTSplits, iterate_batches
+from diffpolicy.datasets.fashion_mnist import AUGMENTATIONS, FMNISTSplits, augment_batch, iterate_batches
 from diffpolicy.noprop import execution
 from diffpolicy.noprop.blocks import StackedPaperBlocks
 from diffpolicy.noprop.dt import NoPropDT
@@ -58,6 +58,7 @@ class TrainConfig:
     optimizer: str = "adamw"                   # adamw (decoupled decay) | adam (L2 penalty in the gradient)
     lr_schedule: str = "constant"              # constant (the paper) | cosine (decay to 0 by the last epoch)
     block_schedule: str = "all"
+    augment: str = "none"                      # none | crop_flip (pad 2, random 28x28 crop, mirror half)
     seed: int = 0
     precision: str = "auto"                    # auto: fp32 or (where native and faster) bf16, measured
     layout: str = "auto"                       # auto | per_block | per_block_cl | fused (paper blocks), measured
@@ -78,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout: expected one of {LAYOUTS}, got {self.layout!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment: expected one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not self.predict_modes:
@@ -251,6 +254,7 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimiz
                 break
             if len(xb) < 2:          # batch norm needs two examples
                 continue
+            xb = augment_batch(xb, cfg.augment, data_gen)
             opt.zero_grad()
             with autocast(cfg.precision, cfg.device):
                 losses = model.loss(xb, yb, blocks=sl, generator=noise_gen,

@@ -94,3 +94,28 @@ def test_real_fashion_mnist_shapes_and_statistics(fmnist_root):
     data = fashion_mnist_splits(fmnist_root, val_size=5000, seed=0)
     assert len(data.train_x) == 55000 and len(data.val_x) == 5000 and len(data.test_x) == 10000
     assert abs(data.mean - 0.2860) < 2e-3 and abs(data.std - 0.3530) < 2e-3
+
+
+def test_augment_batch_crops_within_the_padding_and_mirrors_half():
+    from diffpolicy.datasets.fashion_mnist import augment_batch
+    x = torch.randn(256, 1, 28, 28)
+    assert augment_batch(x, "none") is x
+    g = torch.Generator().manual_seed(0)
+    out = augment_batch(x, "crop_flip", g)
+    assert out.shape == x.shape
+    assert torch.equal(out, augment_batch(x, "crop_flip", torch.Generator().manual_seed(0)))
+    background = x.amin(dim=(1, 2, 3))
+    flips = 0
+    for i in range(len(x)):
+        found = []
+        for dy in range(5):
+            for dx in range(5):
+                padded = torch.full((32, 32), float(background[i]))
+                padded[2:30, 2:30] = x[i, 0]
+                crop = padded[dy:dy + 28, dx:dx + 28]
+                found += [f for f, img in ((False, crop), (True, crop.flip(1))) if torch.equal(img, out[i, 0])]
+        assert len(found) == 1, i                      # exactly one shift (and mirror) explains it
+        flips += found[0]
+    assert 90 < flips < 166                            # about half mirrored
+    with pytest.raises(ValueError, match="augment: expected one of"):
+        augment_batch(x, "flip")

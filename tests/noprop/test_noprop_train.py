@@ -1,6 +1,8 @@
 """Training: per-block AdamW, epoch plans, model selection, seeds, resume, parallel workers."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -221,3 +223,18 @@ def test_learned_schedule_end_points_escape_weight_decay_and_the_schedule_is_log
                                       predict_modes={"deterministic": {"steps": 5}}))
     sched = res["history"][0]["schedule"]
     assert len(sched["t"]) == 11 and abs(sum(sched["weight"]) - 1) < 1e-6
+
+
+def test_augment_setting_is_checked_and_trains():
+    from diffpolicy.noprop.backprop import BackboneClassifier
+    from diffpolicy.noprop.train import Optimizers, TrainConfig, train_epoch
+    with pytest.raises(ValueError, match="augment: expected one of"):
+        TrainConfig(augment="flip")
+    cfg = TrainConfig(augment="crop_flip", precision="fp32", layout="per_block", batch_size=8,
+                      progress=False)
+    torch.manual_seed(0)
+    model = BackboneClassifier("resnet18", 10, stem="small")
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    stats = train_epoch(model, x, y, Optimizers(model, cfg), cfg, *gens)
+    assert stats["steps"] == 2 and math.isfinite(stats["loss"])
