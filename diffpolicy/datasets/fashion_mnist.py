@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from diffpolicy import paths
+from diffpolicy.datasets.crops import random_crop
 from diffpolicy.datasets.errors import CorruptDataError, DatasetError
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -218,11 +219,6 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator | None 
     background = x.amin(dim=(1, 2, 3), keepdim=True)
     padded = background.expand(b, c, h + 2 * pad, w + 2 * pad).clone()
     padded[:, :, pad:pad + h, pad:pad + w] = x
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    out = random_crop(padded, (h, w), generator)
     flip = torch.rand(b, generator=generator) < 0.5
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(b, c, h, w + 2 * pad)
-    out = padded.gather(2, rows)
-    cols = dx[:, None] + torch.arange(w)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :].expand(b, c, h, w)
-    return out.gather(3, cols)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import resource
 import sys
@@ -197,26 +198,24 @@ def run_table(cfg: dict) -> list[dict]:
     jobs = [(r, s) for r in rows for s in cfg["seeds"]]
     workers = _workers(cfg)
     failed = []
-    running: list[tuple[mp.Process, str, Path]] = []     # (process, status, result path)
+    running: list[tuple[mp.Process, str, str, Path]] = []   # (process, status, row label, result path)
     t_start = time.time()
 
     def reap() -> None:
-        """Wait for one running row to end; note it if it failed."""
-        while running:
-            for item in list(running):
-                p, status, result_path = item
-                if not p.is_alive():
-                    p.join()
-                    running.remove(item)
-                    if p.exitcode != 0 or not result_path.exists():
-                        failed.append(status.split("] ", 1)[1])
-                        print(f"{status}: FAILED (see the traceback above)", flush=True)
-                    return
-            time.sleep(1.0)
+        """Wait for a running row to end; note each one that ended and failed."""
+        ended = set(mp_connection.wait([p.sentinel for p, *_ in running]))
+        for item in [it for it in running if it[0].sentinel in ended]:
+            p, status, label, result_path = item
+            p.join()
+            running.remove(item)
+            if p.exitcode != 0 or not result_path.exists():
+                failed.append(label)
+                print(f"{status}: FAILED (see the traceback above)", flush=True)
 
     for i, (row, seed) in enumerate(jobs):
         result_path = out_dir / "rows" / f"{row['name']}_seed{seed}.json"
-        status = f"[{i + 1}/{len(jobs)}] {row['name']} seed {seed}"
+        label = f"{row['name']} seed {seed}"
+        status = f"[{i + 1}/{len(jobs)}] {label}"
         if result_path.exists():
             done_epochs = json.loads(result_path.read_text()).get("epochs")
             if done_epochs != row["epochs"]:
@@ -232,8 +231,8 @@ def run_table(cfg: dict) -> list[dict]:
             p = mp.get_context("spawn").Process(target=_child, args=(row, seed, cfg, str(out_dir),
                                                                       str(result_path)))
             p.start()
-            running.append((p, status, result_path))
-            _write_progress(out_dir, [s for _, s, _ in running])
+            running.append((p, status, label, result_path))
+            _write_progress(out_dir, [item[1] for item in running])
         else:
             _write_progress(out_dir, [status])
             result_path.write_text(json.dumps(run_row(row, seed, cfg, out_dir), indent=1))
@@ -360,12 +359,13 @@ def write_outputs(results: list[dict], cfg: dict, out_dir: Path) -> None:
     wall = sum(r.get("wall_seconds", 0.0) for r in results)
     timed = [(r["started_at"], r["finished_at"]) for r in results if "started_at" in r]
     span = covered_seconds(timed) if len(timed) == len(results) else None   # None: rows from before
+    workers = _workers(cfg)
     (out_dir / "results.json").write_text(json.dumps(
         {"rows": lines, "runs": results, "table_wall_seconds": wall, "table_span_seconds": span,
-         "workers": _workers(cfg), "threads": cfg.get("threads"),
+         "workers": workers, "threads": cfg.get("threads"),
          "machine": speed.machine_info(cfg["train"].get("device", "cpu"))}, indent=1))
     print(f"table: {wall / 60:.1f} min of row wall time (each row's data, probe, training and tests), "
-          + (f"{span / 60:.1f} min on the clock with {_workers(cfg)} row(s) side by side" if span is not None
+          + (f"{span / 60:.1f} min on the clock with {workers} row(s) side by side" if span is not None
              else "clock span not recorded for every row"), flush=True)
     if lines:
         plot_curves(lines, out_dir / "noprop_curves.png")

@@ -155,6 +155,19 @@ def test_rows_run_side_by_side_with_workers(fmnist_root, tmp_path):
     assert "finished" in (out / "progress.txt").read_text()
 
 
+def test_a_failing_row_is_reported_and_the_others_finish(fmnist_root, tmp_path, capsys):
+    from diffpolicy.noprop.bench import run_table
+    cfg = load_config("quick", [f"out_dir={tmp_path / 'fail'}", "workers=2", "data.train_subset=64",
+                                "data.val_size=64", "data.test_subset=64", "train.max_steps_per_epoch=1",
+                                f"data.root={fmnist_root}"])
+    cfg["rows"] = [dict(cfg["rows"][0], name="broken", kind="nonsense"), cfg["rows"][1]]
+    with pytest.raises(RuntimeError, match=r"rows failed: broken seed 0 \(finished rows are saved"):
+        run_table(cfg)
+    assert "[1/2] broken seed 0: FAILED" in capsys.readouterr().out
+    assert (tmp_path / "fail" / "rows" / "backprop-dt_seed0.json").exists()
+    assert "failed: ['broken seed 0']" in (tmp_path / "fail" / "progress.txt").read_text()
+
+
 def test_covered_seconds_and_bad_workers():
     from diffpolicy.noprop.bench import check_config, covered_seconds
     from diffpolicy.noprop.cli import load_config
