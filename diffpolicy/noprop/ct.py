@@ -35,6 +35,11 @@ Options (the defaults are the original model; its state_dict keys are unchanged)
 - ``t_sampling``: ``"uniform"`` draws ``t_i`` iid U(0, 1); ``"stratified"`` is VDM's
   low-discrepancy sampler, ``t_i = (u_0 + i/B) mod 1`` with one ``u_0 ~ U(0, 1)`` per
   batch: every ``t_i`` is still U(0, 1) (the loss stays unbiased), its variance is lower.
+  ``"importance"`` maps the same stratified ``u_i`` through the inverse CDF of
+  ``p(t) = SNR'(t) / (SNR(1) - SNR(0))`` (the current schedule, no gradient; piecewise
+  linear on a 1024-cell grid, so ``p`` is exact per cell) and weights each term by
+  ``SNR'(t) / p(t)``: every term carries the same weight, none is spent on the t ~ 0
+  where the weight is ~1e-6 of its mean, and the loss stays unbiased (importance sampling).
 
 The paper's NoProp-CT: ``norm="none", time_path="concat", learn_endpoints=True``
 (``t_sampling`` either way).
@@ -55,7 +60,8 @@ from diffpolicy.noprop.embeddings import LabelEmbedding, init_head_as_nearest_em
 
 NORMS = ("batch", "none")
 TIME_PATHS = ("add", "concat")
-T_SAMPLINGS = ("uniform", "stratified")
+T_SAMPLINGS = ("uniform", "stratified", "importance")
+IMPORTANCE_CELLS = 1024    # grid of the inverse CDF of t_sampling="importance"
 MIN_GAP = 1e-3          # learned endpoints: gamma_0 - gamma_1 >= MIN_GAP
 
 
@@ -212,24 +218,41 @@ class NoPropCT(nn.Module):
         """``feats (B, 256)``, ``z (B, d)``, ``t (B,)`` in [0, 1] -> ``softmax(logits) @ W_embed (B, d)``."""
         return torch.softmax(self.logits(feats, z, t).float(), dim=-1) @ self.embed.weight
 
-    def sample_t(self, b: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``b`` training times in [0, 1) on the CPU, each marginally U(0, 1) (``t_sampling``)."""
-        if self.t_sampling == "uniform":
-            return torch.rand(b, generator=generator)
-        u0 = torch.rand(1, generator=generator)
-        return torch.remainder(u0 + torch.arange(b) / b, 1.0)
+    def sample_t(self, b: int, generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``b`` training times in [0, 1) and their sampling density ``p(t)``, each ``(b,)``.
 
+        Uniform draws on the CPU (``generator``), moved to the schedule's device; ``p = 1``
+        except for ``t_sampling="importance"`` (see the module docstring).
+        """
+        device = self.schedule.w1.device
+        if self.t_sampling == "uniform":
+            u = torch.rand(b, generator=generator)
+        else:
+            u0 = torch.rand(1, generator=generator)
+            u = torch.remainder(u0 + torch.arange(b) / b, 1.0)
+        u = u.to(device)
+        if self.t_sampling != "importance":
+            return u, torch.ones_like(u)
+        with torch.no_grad():
+            n = IMPORTANCE_CELLS
+            snr = self.schedule.snr(torch.linspace(0, 1, n + 1, device=device)).double()
+            cdf = (snr - snr[0]) / (snr[-1] - snr[0])               # (n + 1,), 0 ... 1
+            cell = (torch.searchsorted(cdf, u.double(), right=True) - 1).clamp(0, n - 1)
+            mass = (cdf[cell + 1] - cdf[cell]).clamp_min(1e-300)    # > 0 where u can land
+            t = (cell + ((u.double() - cdf[cell]) / mass).clamp(0, 1)) / n
+            return t.float().clamp(max=1.0), (mass * n).float()
     def loss(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
              **_: object) -> dict[str, torch.Tensor]:
         """``total = diffusion + ce + kl`` for a batch; x ``(B, C, H, W)``, y ``(B,)``."""
         u = self.embed(y)
         b, d = u.shape
-        t = self.sample_t(b, generator).to(u.device)
+        t, density = self.sample_t(b, generator)
         eps = torch.randn(3, b, d, generator=generator).to(u)
         abar = self.schedule.alpha_bar(t)[:, None]
         z_t = abar.sqrt() * u.detach() + (1 - abar).sqrt() * eps[0]
         uhat = self.uhat(self.image_features(x), z_t, t)
-        diffusion = (self.eta / 2 * self.schedule.snr_prime(t)
+        diffusion = (self.eta / 2 * self.schedule.snr_prime(t) / density
                      * (uhat - u).pow(2).sum(-1)).mean()
         ends = self.schedule.alpha_bar(torch.tensor([0.0, 1.0], device=u.device))
         z_1 = ends[1].sqrt() * u + (1 - ends[1]).sqrt() * eps[1]

@@ -28,6 +28,13 @@ draws), which is the whole model's posterior as the first block sees it:
   of the full chain, measured beside them.
 
 ``--val`` adds them on the benchmark's validation split (never the test set).
+
+``ct_diagnostics(model, x, y)`` does the same job for NoProp-CT: the embedding's
+geometry, the head on ``z_1 ~ q(z_1 | y)``, and ``denoiser_acc_t<t>``, the argmax
+accuracy of the denoiser's logits given ``z_t ~ q(z_t | y)`` at a few ``t``; at
+``t = 0`` z carries no label, so it is the image path's accuracy on its own.  The
+CLI reads CT checkpoints too (the row's options from the benchmark's
+``config.json`` beside ``checkpoints/``; validation split always).
 """
 from __future__ import annotations
 
@@ -40,25 +47,56 @@ import torch
 from diffpolicy.datasets.fashion_mnist import fashion_mnist_splits
 from diffpolicy.eval_mode import eval_mode
 from diffpolicy.noprop.blocks import CONV_WIDTHS
+from diffpolicy.noprop.ct import NoPropCT
 from diffpolicy.noprop.dt import NoPropDT
 from diffpolicy.noprop.train import accuracy
 from diffpolicy.serialization import safe_load
+
+
+def _embedding_and_head(model: NoPropDT | NoPropCT, abar_end: torch.Tensor, n_per_class: int,
+                        g: torch.Generator) -> dict[str, float]:
+    """Embedding norms and closest pair; the head's accuracy on ``z ~ q(z_end | y)``."""
+    w = model.embed.weight.detach().float().cpu()
+    dist = torch.cdist(w, w).fill_diagonal_(float("inf"))
+    y = torch.arange(len(w)).repeat(n_per_class)
+    abar = abar_end.detach().float().cpu()
+    z = abar.sqrt() * w[y] + (1 - abar).sqrt() * torch.randn(len(y), w.shape[1], generator=g)
+    weight = model.head.weight                   # the head stays where it is (CPU or GPU)
+    acc = (model.head(z.to(weight)).argmax(-1).cpu() == y).float().mean()
+    return {"embed_norm_mean": float(w.norm(dim=1).mean()), "min_pair_distance": float(dist.min()),
+            "head_acc_on_q_zT": float(acc)}
 
 
 @torch.no_grad()
 def latent_diagnostics(model: NoPropDT, n_per_class: int = 2000, seed: int = 0) -> dict[str, float]:
     """The embedding's geometry and the head's accuracy on ``q(z_T | y)`` (see module doc)."""
     g = torch.Generator().manual_seed(seed)
-    w = model.embed.weight.detach().float().cpu()
-    dist = torch.cdist(w, w).fill_diagonal_(float("inf"))
-    y = torch.arange(len(w)).repeat(n_per_class)
-    u = w[y]
-    abar = model.alpha_bar[model.T].cpu()
-    z = abar.sqrt() * u + (1 - abar).sqrt() * torch.randn(u.shape, generator=g)
-    weight = model.head.weight                   # the head stays where it is (CPU or GPU)
-    acc = (model.head(z.to(weight)).argmax(-1).cpu() == y).float().mean()
-    return {"embed_norm_mean": float(w.norm(dim=1).mean()), "min_pair_distance": float(dist.min()),
-            "head_acc_on_q_zT": float(acc), "noise_std_last_step": float(model.c[model.T].sqrt())}
+    out = _embedding_and_head(model, model.alpha_bar[model.T], n_per_class, g)
+    return dict(out, noise_std_last_step=float(model.c[model.T].sqrt()))
+
+
+@torch.no_grad()
+def ct_diagnostics(model: NoPropCT, x: torch.Tensor, y: torch.Tensor,
+                   ts: tuple[float, ...] = (0.0, 0.5, 0.9, 1.0), n_per_class: int = 2000,
+                   batch: int = 1000, seed: int = 0) -> dict[str, float]:
+    """NoProp-CT: ``x (N, C, H, W)``, ``y (N,)``; embedding, head and denoiser by t (module doc)."""
+    g = torch.Generator().manual_seed(seed)
+    ends = model.schedule.alpha_bar(torch.tensor([0.0, 1.0], device=model.head.weight.device))
+    out = _embedding_and_head(model, ends[1], n_per_class, g)
+    out["noise_std_t1"] = float((1 - ends[1]).sqrt())
+    correct = torch.zeros(len(ts))
+    with eval_mode(model):
+        for i in range(0, len(x), batch):
+            xb, yb = x[i:i + batch], y[i:i + batch]
+            feats = model.image_features(xb).float()
+            u = model.embed(yb.to(feats.device)).float()
+            for j, t in enumerate(ts):
+                tt = torch.full((len(yb),), t, device=feats.device)
+                abar = model.schedule.alpha_bar(tt)[:, None]
+                z = abar.sqrt() * u + (1 - abar).sqrt() * torch.randn(u.shape, generator=g).to(u)
+                correct[j] += (model.logits(feats, z, tt).argmax(-1).cpu() == yb.cpu()).sum()
+    out.update({f"denoiser_acc_t{t:g}": float(c / len(y)) for t, c in zip(ts, correct)})
+    return out
 
 
 @torch.no_grad()
@@ -83,34 +121,58 @@ def posterior_diagnostics(model: NoPropDT, x: torch.Tensor, y: torch.Tensor, dra
             "deterministic_acc": det, "stochastic_acc": sum(sto) / len(sto)}
 
 
-def _model_from_checkpoint(path: Path) -> NoPropDT:
-    """A NoProp-DT from a benchmark checkpoint (its selected epoch's weights)."""
+def _model_from_checkpoint(path: Path, data=None) -> NoPropDT | NoPropCT:
+    """The model of a benchmark checkpoint (its selected epoch's weights).
+
+    NoProp-DT is rebuilt from the weights' shapes; NoProp-CT from its row in the
+    benchmark's ``config.json`` (``<out_dir>/checkpoints/<row>_seed<k>.pt``), which needs ``data``.
+    """
     ck = safe_load(path, "NoProp checkpoint")
     state = ck["best_state"] or ck["model"]
-    w = state["embed.weight"]
-    n_classes, d = w.shape
-    one_hot = n_classes == d and torch.equal(w.cpu().float(), torch.eye(n_classes))
-    n_blocks = state["blocks.conv1.weight"].shape[0] // CONV_WIDTHS[0]
-    model = NoPropDT(n_classes=n_classes, T=n_blocks, embedding="one_hot" if one_hot else "learned",
-                     embed_dim=d)
+    if "schedule.w1" in state:
+        from diffpolicy.noprop.bench import build_model
+        config = path.resolve().parent.parent / "config.json"
+        if not config.exists():
+            raise FileNotFoundError(f"{path}: a NoProp-CT checkpoint needs its benchmark's {config}")
+        row_name = path.stem.rsplit("_seed", 1)[0]
+        rows = [r for r in json.loads(config.read_text())["rows"] if r["name"] == row_name]
+        if not rows:
+            raise ValueError(f"{path}: no row {row_name!r} in {config}")
+        model = build_model(rows[0], data)
+    else:
+        w = state["embed.weight"]
+        n_classes, d = w.shape
+        one_hot = n_classes == d and torch.equal(w.cpu().float(), torch.eye(n_classes))
+        n_blocks = state["blocks.conv1.weight"].shape[0] // CONV_WIDTHS[0]
+        model = NoPropDT(n_classes=n_classes, T=n_blocks, embedding="one_hot" if one_hot else "learned",
+                         embed_dim=d)
     model.load_state_dict(state)
     return model
 
 
+def _state_keys(path: Path) -> set[str]:
+    ck = safe_load(path, "NoProp checkpoint")
+    return set((ck["best_state"] or ck["model"]).keys())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoints", nargs="+", type=Path, help="NoProp-DT benchmark checkpoints (.pt)")
+    ap.add_argument("checkpoints", nargs="+", type=Path, help="NoProp-DT or -CT benchmark checkpoints (.pt)")
     ap.add_argument("--json", type=Path, default=None, help="write {checkpoint name: diagnostics} here")
     ap.add_argument("--val", action="store_true",
                     help="also block 1's posterior and the chain's accuracy on the validation split")
     ap.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: the Debian one)")
     args = ap.parse_args(argv)
-    data = fashion_mnist_splits(args.data_root) if args.val else None
+    ct = [p for p in args.checkpoints if "schedule.w1" in _state_keys(p)]
+    data = fashion_mnist_splits(args.data_root) if args.val or ct else None
     out = {}
     for p in args.checkpoints:
-        model = _model_from_checkpoint(p)
+        model = _model_from_checkpoint(p, data)
+        if isinstance(model, NoPropCT):
+            out[p.stem] = ct_diagnostics(model, data.val_x, data.val_y)
+            continue
         out[p.stem] = latent_diagnostics(model)
-        if data is not None:
+        if data is not None and args.val:
             out[p.stem].update(posterior_diagnostics(model, data.val_x, data.val_y))
     for name, d in out.items():
         print(name, " ".join(f"{k}={v:.4f}" for k, v in d.items()))

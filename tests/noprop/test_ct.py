@@ -226,7 +226,7 @@ def test_stratified_t_is_marginally_uniform_and_covers_each_batch_evenly():
     m = NoPropCT("cnn", n_classes=4, image_size=IMG, t_sampling="stratified")
     b, n = 16, 2000
     g = torch.Generator().manual_seed(0)
-    t = torch.stack([m.sample_t(b, g) for _ in range(n)]).double()          # (n, b)
+    t = torch.stack([m.sample_t(b, g)[0] for _ in range(n)]).double()       # (n, b)
     assert ((t >= 0) & (t < 1)).all()
     # each batch: b points 1/b apart on the circle [0, 1)
     gaps = torch.diff(torch.cat([t.sort(1).values, t.min(1, keepdim=True).values + 1], 1), dim=1)
@@ -239,8 +239,38 @@ def test_stratified_t_is_marginally_uniform_and_covers_each_batch_evenly():
     assert ((ecdf - grid).abs().amax(1) < 1.95 / n ** 0.5).all()
 
 
+def test_importance_t_follows_the_snr_derivative_of_the_current_schedule():
+    """t ~ p(t) = SNR'(t) / (SNR(1) - SNR(0)): its CDF is (SNR(t) - SNR(0)) / (SNR(1) - SNR(0)).
+
+    Checked on a learned, non-linear schedule by a Kolmogorov-Smirnov distance below the
+    0.1 % critical value; the returned density matches SNR'(t) / (SNR(1) - SNR(0)) up to the
+    grid's piecewise-constant approximation, and integrates to 1 over the grid.
+    """
+    torch.manual_seed(0)
+    m = NoPropCT("cnn", n_classes=4, image_size=IMG, t_sampling="importance", learn_endpoints=True)
+    with torch.no_grad():
+        m.schedule.w2.normal_(0, 3)
+        m.schedule.b2.normal_(0, 3)
+        m.schedule.gamma_0_raw.fill_(3.0)
+        m.schedule.gap_raw.fill_(2.0)
+    g = torch.Generator().manual_seed(0)
+    draws = [m.sample_t(64, g) for _ in range(100)]
+    t = torch.cat([d[0] for d in draws]).double()
+    density = torch.cat([d[1] for d in draws]).double()
+    assert ((t >= 0) & (t <= 1)).all() and torch.isfinite(density).all() and (density > 0).all()
+    with torch.no_grad():
+        snr = lambda s: m.schedule.snr(s.float()).double()
+        ends = snr(torch.tensor([0.0, 1.0]))
+        cdf = lambda s: (snr(s) - ends[0]) / (ends[1] - ends[0])
+        exact = m.schedule.snr_prime(t.float()).double() / (ends[1] - ends[0])
+    ts = t.sort().values
+    ecdf = torch.arange(1, len(ts) + 1, dtype=torch.double) / len(ts)
+    assert (ecdf - cdf(ts)).abs().max() < 1.95 / len(ts) ** 0.5
+    torch.testing.assert_close(density, exact, rtol=0.02, atol=0.0)
+
+
 def test_stratified_diffusion_loss_is_unbiased_with_lower_variance():
-    """Same fixed model (eval mode), per-batch diffusion-loss estimates under both samplers.
+    """Same fixed model (eval mode), per-batch diffusion-loss estimates under each sampler.
 
     By the CLT each mean over n = 1000 iid batch estimates is normal with the s.e. measured
     from the estimates, so |mean_s - mean_u| < 4 * combined s.e. has a false-alarm rate of
@@ -261,11 +291,14 @@ def test_stratified_diffusion_loss_is_unbiased_with_lower_variance():
         se = (a.var() / len(a) + b.var() / len(b)).sqrt()
         return float((a.mean() - b.mean()) / se), float(4 * se / b.mean())
 
-    uni, strat = estimates("uniform", 1), estimates("stratified", 2)
+    uni, strat, imp = estimates("uniform", 1), estimates("stratified", 2), estimates("importance", 4)
     z, rel_tol = z_score(strat, uni)
     assert abs(z) < 4 and rel_tol < 0.15
     assert strat.var() < 0.5 * uni.var()
-    m.sample_t = lambda b, generator=None: torch.arange(b) / b                # biased control
+    z, rel_tol = z_score(imp, uni)
+    assert abs(z) < 4 and rel_tol < 0.15
+    assert imp.var() < 0.5 * strat.var()
+    m.sample_t = lambda b, generator=None: (torch.arange(b) / b, torch.ones(b))  # biased control
     assert abs(z_score(estimates("stratified", 3), uni)[0]) > 4
 
 
@@ -297,3 +330,34 @@ def test_schedule_diagnostics_weights_sum_to_one_and_match_the_snr():
     assert d["weight_above_0.9"] == pytest.approx(float(share), rel=1e-3)
     assert 0 < d["weight_above_0.9"] < 1
     assert d["gamma_0"] == pytest.approx(1.0) and d["gamma_0"] > d["gamma_1"]
+
+
+def test_ct_diagnostics_read_the_denoiser_by_t_and_load_from_a_benchmark_checkpoint(tmp_path):
+    """A denoiser whose logits ignore x, z and t (last layer zeroed, bias fixed) is right on
+    exactly the examples of its favourite class at every t; one-hot embeddings have norm 1
+    and pairs sqrt(2) apart; the CLI route rebuilds the row from the benchmark's config.json."""
+    import json
+    from types import SimpleNamespace
+    from diffpolicy.noprop.diagnose import _model_from_checkpoint, ct_diagnostics
+    torch.manual_seed(0)
+    row = {"name": "ct-x", "kind": "ct", "backbone": "cnn", "embedding": "one_hot", "embed_dim": 4,
+           "norm": "none", "time_path": "concat"}
+    from diffpolicy.noprop.bench import build_model
+    model = build_model(row, SimpleNamespace(n_classes=4))
+    with torch.no_grad():
+        model.out[-1].weight.zero_()
+        model.out[-1].bias.copy_(torch.tensor([3.0, 0.0, 0.0, 0.0]))
+    x, y = torch.randn(10, 1, 28, 28), torch.tensor([0, 0, 0, 1, 2, 3, 1, 2, 3, 1])
+    d = ct_diagnostics(model, x, y, ts=(0.0, 1.0), n_per_class=50, batch=4)
+    assert d["denoiser_acc_t0"] == d["denoiser_acc_t1"] == pytest.approx(0.3)
+    assert d["embed_norm_mean"] == pytest.approx(1.0) and d["min_pair_distance"] == pytest.approx(2 ** 0.5)
+    assert 0 < d["noise_std_t1"] < 0.5 and d["head_acc_on_q_zT"] > 0.9
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps({"rows": [row]}))
+    path = tmp_path / "checkpoints" / "ct-x_seed0.pt"
+    torch.save({"best_state": model.state_dict(), "model": None}, path)
+    loaded = _model_from_checkpoint(path, SimpleNamespace(n_classes=4))
+    assert ct_diagnostics(loaded, x, y, ts=(0.0, 1.0), n_per_class=50, batch=4) == d
+    (tmp_path / "config.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(ValueError, match="no row 'ct-x'"):
+        _model_from_checkpoint(path, SimpleNamespace(n_classes=4))
