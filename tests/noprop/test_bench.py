@@ -130,6 +130,10 @@ def test_unknown_config_keys_are_refused(capsys):
     ablation = load_config("dt_ablation")
     check_config(ablation)
     assert [r.get("block_loss", "sum") for r in ablation["rows"]] == ["sum", "mean", "sum", "mean", "mean"]
+    ct_ablation = load_config("ct_ablation")
+    check_config(ct_ablation)
+    assert [r["name"] for r in ct_ablation["rows"]][0] == "ct-paper"
+    assert {r["t_sampling"] for r in paper["rows"] if r["kind"] == "ct"} == {"importance"}
     bad = dict(cfg, train=dict(cfg["train"], precison="bf16"))
     with pytest.raises(ValueError, match="unknown NoProp config key train.precison"):
         check_config(bad)
