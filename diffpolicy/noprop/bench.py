@@ -145,7 +145,9 @@ def run_row(row: dict, seed: int, cfg: dict, out_dir: Path) -> dict:
                             if tcfg.device.startswith("cuda") else None),
                threads=torch.get_num_threads(), machine=speed.machine_info(tcfg.device),
                block_schedule=tcfg.block_schedule if row["kind"] == "dt" else None,
-               wall_seconds=time.time() - t_row,   # data, probe, training, evaluation of this row
+               # data, probe, training, evaluation of this row; a resumed row adds the time its
+               # earlier processes spent on the epochs it kept (res["resumed_seconds"])
+               wall_seconds=time.time() - t_row + res["resumed_seconds"],
                started_at=t_row, finished_at=time.time())
     return res
 

@@ -318,8 +318,11 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
     Returns ``history`` (per epoch: loss, seconds, steps, val_acc), ``best_epoch``,
     ``val_acc``, ``test_acc`` {mode: mean acc}, ``test_acc_runs`` {mode: [acc per sampling
     run]}, ``infer_seconds`` {mode: s for the test set, one run},
-    ``seconds_per_epoch`` (mean training time, evaluation excluded).
+    ``seconds_per_epoch`` (mean training time, evaluation excluded), ``resumed_seconds``
+    (clock time the earlier processes of a resumed run spent on the epochs it kept; 0 for a
+    fresh run; the checkpoint carries it as ``fit_seconds``).
     """
+    t_fit = time.time()
     torch.manual_seed(cfg.seed)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -327,7 +330,7 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
     train_x, train_y = data.train_x.to(cfg.device), data.train_y.to(cfg.device)
     cfg = execution.resolve(model, cfg, train_x[:cfg.batch_size], train_y[:cfg.batch_size], log=log)
     opt = Optimizers(model, cfg)
-    history, best, best_state, start = [], -1.0, None, 0
+    history, best, best_state, start, earlier = [], -1.0, None, 0, 0.0
     if checkpoint is not None and Path(checkpoint).exists():
         ck = safe_load(checkpoint, "NoProp checkpoint")
         before = ck.get("config", {})
@@ -338,6 +341,7 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         history, best, best_state, start = ck["history"], ck["best"], ck["best_state"], ck["epoch"]
+        earlier = float(ck.get("fit_seconds", 0.0))      # checkpoints from before it: 0
         data_gen.set_state(ck["data_gen"])
         noise_gen.set_state(ck["noise_gen"])
         torch.set_rng_state(ck["torch_rng"])
@@ -360,7 +364,8 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
             _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "history": history,
                           "best": best, "best_state": best_state, "epoch": epoch + 1,
                           "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state(),
-                          "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}, Path(checkpoint))
+                          "torch_rng": torch.get_rng_state(), "config": asdict(cfg),
+                          "fit_seconds": earlier + time.time() - t_fit}, Path(checkpoint))
     if best_state is not None:
         model.load_state_dict(best_state)
     test_acc, test_runs, infer_s = {}, {}, {}
@@ -375,6 +380,7 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
     return {"history": history, "best_epoch": best_epoch, "val_acc": best, "test_acc": test_acc,
             "test_acc_runs": test_runs,
             "infer_seconds": infer_s, "precision": cfg.precision, "layout": cfg.layout,
+            "resumed_seconds": earlier,
             "seconds_per_epoch": sum(h["seconds"] for h in history) / max(len(history), 1)}
 
 

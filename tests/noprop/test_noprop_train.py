@@ -124,6 +124,8 @@ def test_resume_from_checkpoint_continues_identically(tmp_path):
     logs = []
     res = fit(resumed, data, _cfg(epochs=2, max_steps_per_epoch=3), checkpoint=ck, log=logs.append)
     assert any("resumed after epoch 1" in line for line in logs) and len(res["history"]) == 2
+    # the time the first process spent is carried over, not lost
+    assert res["resumed_seconds"] > 0 and torch.load(ck, weights_only=False)["fit_seconds"] > res["resumed_seconds"]
     # the best epoch is restored at the end of both runs; compare the final-epoch checkpoints
     last = torch.load(ck, weights_only=False)["model"]
     ref = _dt(dropout=0.2)
