@@ -205,14 +205,20 @@ print(applied, speed.machine_info()["malloc_keeps_freed_memory"],
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="keep_freed_memory acts on glibc's malloc only")
 def test_keep_freed_memory_stops_the_page_faults_of_large_tensors():
-    """Off, every 58 MB temporary is mmap-ed and faulted in anew; on, freed blocks are reused."""
+    """Off, every 58 MB temporary is mmap-ed and faulted in anew; on, freed blocks are reused.
+
+    Other processes' load only adds faults, so each setting keeps its fewest over 3 runs.
+    """
     import subprocess
     faults = {}
     for value in ("0", "1"):
-        r = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, speed.KEEP_FREED_ENV: value})
-        applied, recorded, n = r.stdout.split()
-        assert applied == recorded == ("True" if value == "1" else "False"), r.stderr
-        faults[value] = int(n)
+        counts = []
+        for _ in range(3):
+            r = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True,
+                               timeout=120, env={**os.environ, speed.KEEP_FREED_ENV: value})
+            applied, recorded, n = r.stdout.split()
+            assert applied == recorded == ("True" if value == "1" else "False"), r.stderr
+            counts.append(int(n))
+        faults[value] = min(counts)
     assert faults["0"] > 10000                     # ~14k pages of 4 KB per 58 MB temporary
     assert faults["1"] < faults["0"] / 10
