@@ -242,6 +242,7 @@ class NoPropCT(nn.Module):
             mass = (cdf[cell + 1] - cdf[cell]).clamp_min(1e-300)    # > 0 where u can land
             t = (cell + ((u.double() - cdf[cell]) / mass).clamp(0, 1)) / n
             return t.float().clamp(max=1.0), (mass * n).float()
+
     def loss(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
              **_: object) -> dict[str, torch.Tensor]:
         """``total = diffusion + ce + kl`` for a batch; x ``(B, C, H, W)``, y ``(B,)``."""

@@ -39,8 +39,10 @@ CLI reads CT checkpoints too (the row's options from the benchmark's
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -85,14 +87,14 @@ def ct_diagnostics(model: NoPropCT, x: torch.Tensor, y: torch.Tensor,
     out = _embedding_and_head(model, ends[1], n_per_class, g)
     out["noise_std_t1"] = float((1 - ends[1]).sqrt())
     correct = torch.zeros(len(ts))
+    abars = model.schedule.alpha_bar(torch.tensor(ts, device=ends.device))   # one per t
     with eval_mode(model):
         for i in range(0, len(x), batch):
             xb, yb = x[i:i + batch], y[i:i + batch]
             feats = model.image_features(xb).float()
             u = model.embed(yb.to(feats.device)).float()
-            for j, t in enumerate(ts):
+            for j, (t, abar) in enumerate(zip(ts, abars)):
                 tt = torch.full((len(yb),), t, device=feats.device)
-                abar = model.schedule.alpha_bar(tt)[:, None]
                 z = abar.sqrt() * u + (1 - abar).sqrt() * torch.randn(u.shape, generator=g).to(u)
                 correct[j] += (model.logits(feats, z, tt).argmax(-1).cpu() == yb.cpu()).sum()
     out.update({f"denoiser_acc_t{t:g}": float(c / len(y)) for t, c in zip(ts, correct)})
@@ -121,11 +123,13 @@ def posterior_diagnostics(model: NoPropDT, x: torch.Tensor, y: torch.Tensor, dra
             "deterministic_acc": det, "stochastic_acc": sum(sto) / len(sto)}
 
 
-def _model_from_checkpoint(path: Path, data=None) -> NoPropDT | NoPropCT:
+def _model_from_checkpoint(path: Path, splits: Callable[[], object] | None = None
+                           ) -> NoPropDT | NoPropCT:
     """The model of a benchmark checkpoint (its selected epoch's weights).
 
     NoProp-DT is rebuilt from the weights' shapes; NoProp-CT from its row in the
-    benchmark's ``config.json`` (``<out_dir>/checkpoints/<row>_seed<k>.pt``), which needs ``data``.
+    benchmark's ``config.json`` (``<out_dir>/checkpoints/<row>_seed<k>.pt``) and the
+    data splits, which ``splits()`` returns (called only for CT).
     """
     ck = safe_load(path, "NoProp checkpoint")
     state = ck["best_state"] or ck["model"]
@@ -138,7 +142,7 @@ def _model_from_checkpoint(path: Path, data=None) -> NoPropDT | NoPropCT:
         rows = [r for r in json.loads(config.read_text())["rows"] if r["name"] == row_name]
         if not rows:
             raise ValueError(f"{path}: no row {row_name!r} in {config}")
-        model = build_model(rows[0], data)
+        model = build_model(rows[0], splits())
     else:
         w = state["embed.weight"]
         n_classes, d = w.shape
@@ -150,11 +154,6 @@ def _model_from_checkpoint(path: Path, data=None) -> NoPropDT | NoPropCT:
     return model
 
 
-def _state_keys(path: Path) -> set[str]:
-    ck = safe_load(path, "NoProp checkpoint")
-    return set((ck["best_state"] or ck["model"]).keys())
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+", type=Path, help="NoProp-DT or -CT benchmark checkpoints (.pt)")
@@ -163,17 +162,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="also block 1's posterior and the chain's accuracy on the validation split")
     ap.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: the Debian one)")
     args = ap.parse_args(argv)
-    ct = [p for p in args.checkpoints if "schedule.w1" in _state_keys(p)]
-    data = fashion_mnist_splits(args.data_root) if args.val or ct else None
+    splits = functools.cache(lambda: fashion_mnist_splits(args.data_root))   # read once, if needed
     out = {}
     for p in args.checkpoints:
-        model = _model_from_checkpoint(p, data)
+        model = _model_from_checkpoint(p, splits)
         if isinstance(model, NoPropCT):
-            out[p.stem] = ct_diagnostics(model, data.val_x, data.val_y)
+            out[p.stem] = ct_diagnostics(model, splits().val_x, splits().val_y)
             continue
         out[p.stem] = latent_diagnostics(model)
-        if data is not None and args.val:
-            out[p.stem].update(posterior_diagnostics(model, data.val_x, data.val_y))
+        if args.val:
+            out[p.stem].update(posterior_diagnostics(model, splits().val_x, splits().val_y))
     for name, d in out.items():
         print(name, " ".join(f"{k}={v:.4f}" for k, v in d.items()))
     if args.json:

@@ -356,8 +356,8 @@ def test_ct_diagnostics_read_the_denoiser_by_t_and_load_from_a_benchmark_checkpo
     (tmp_path / "config.json").write_text(json.dumps({"rows": [row]}))
     path = tmp_path / "checkpoints" / "ct-x_seed0.pt"
     torch.save({"best_state": model.state_dict(), "model": None}, path)
-    loaded = _model_from_checkpoint(path, SimpleNamespace(n_classes=4))
+    loaded = _model_from_checkpoint(path, lambda: SimpleNamespace(n_classes=4))
     assert ct_diagnostics(loaded, x, y, ts=(0.0, 1.0), n_per_class=50, batch=4) == d
     (tmp_path / "config.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="no row 'ct-x'"):
-        _model_from_checkpoint(path, SimpleNamespace(n_classes=4))
+        _model_from_checkpoint(path, lambda: SimpleNamespace(n_classes=4))
