@@ -2,7 +2,7 @@
 
     diffpolicy-noprop                      # full table, CPU budget (configs/noprop/bench.yaml)
     diffpolicy-noprop --quick              # subset, one epoch: a smoke run (tests use it)
-    diffpolicy-noprop --config gpu         # longer budget for a GPU machine
+    diffpolicy-noprop --config gpu         # paper_table on a CUDA GPU (gpu_long: the papers' epochs)
     diffpolicy-noprop out_dir=runs/x seeds=[0,1,2] 'only=[noprop-dt]'   # Hydra overrides
 
 Finished rows are saved as they complete; rerunning the same command resumes.
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffpolicy-noprop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the quick config (subset, 1 epoch)")
-    parser.add_argument("--config", default=None, help="config name in configs/noprop (bench, quick, gpu)")
+    parser.add_argument("--config", default=None,
+                        help="config name in configs/noprop (bench, quick, paper_table, gpu, gpu_long, ...)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. out_dir=runs/x seeds=[0,1]")
     args = parser.parse_args(argv)

@@ -121,9 +121,14 @@ def test_unknown_config_keys_are_refused(capsys):
     cfg = load_config("quick")
     check_config(cfg)                                           # the shipped configs are clean
     check_config(load_config("bench"))
-    check_config(load_config("gpu"))
     paper = load_config("paper_table")
     check_config(paper)
+    gpu, gpu_long = load_config("gpu"), load_config("gpu_long")
+    check_config(gpu)
+    check_config(gpu_long)
+    assert gpu["rows"] == paper["rows"] and gpu["train"]["device"] == "cuda" and gpu["workers"] == 1
+    assert [r["name"] for r in gpu_long["rows"]] == [r["name"] for r in paper["rows"]]
+    assert gpu_long["train"]["device"] == "cuda" and gpu_long["seeds"] == [0, 1, 2]
     assert paper["workers"] == 2 and {r.get("stem") for r in paper["rows"][2:]} == {"small"}
     ct = build_model(paper["rows"][3], type("D", (), {"n_classes": 10})())
     assert ct.out[0].in_features == 3 * 256 and ct.schedule_diagnostics()["gamma_0"] == 10.0
