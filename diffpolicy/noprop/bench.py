@@ -44,6 +44,7 @@ from diffpolicy.noprop.dt import NoPropDT
 from diffpolicy.noprop.embeddings import class_medoids
 from diffpolicy.noprop.fm import NoPropFM
 from diffpolicy.noprop.memory import training_step_memory
+from diffpolicy.noprop.parallel import share
 from diffpolicy.noprop.train import TrainConfig, fit
 
 KINDS = ("dt", "backprop_dt", "ct", "fm", "backprop")
@@ -133,7 +134,9 @@ def run_row(row: dict, seed: int, cfg: dict, out_dir: Path) -> dict:
     bs = tcfg.batch_size
     if isinstance(model, NoPropDT):
         res["latent_diagnostics"] = latent_diagnostics(model)
-    res["train_memory"] = training_step_memory(model, step_cfg, data.train_x[:bs], data.train_y[:bs],
+    # with block_workers each process holds a share of the blocks: the step memory is the first's
+    stepped = share(model, tcfg.block_workers, 0) if tcfg.block_workers > 1 else model
+    res["train_memory"] = training_step_memory(stepped, step_cfg, data.train_x[:bs], data.train_y[:bs],
                                                slice(0, 1) if one_block else slice(None))
     res.update(row=row["name"], seed=seed, kind=row["kind"], method=METHOD[row["kind"]],
                backbone=row.get("backbone", "paper CNN" if row["kind"] in ("dt", "backprop_dt")
@@ -145,6 +148,7 @@ def run_row(row: dict, seed: int, cfg: dict, out_dir: Path) -> dict:
                             if tcfg.device.startswith("cuda") else None),
                threads=torch.get_num_threads(), machine=speed.machine_info(tcfg.device),
                block_schedule=tcfg.block_schedule if row["kind"] == "dt" else None,
+               block_workers=tcfg.block_workers,
                # data, probe, training, evaluation of this row; a resumed row adds the time its
                # earlier processes spent on the epochs it kept (res["resumed_seconds"])
                wall_seconds=time.time() - t_row + res["resumed_seconds"],

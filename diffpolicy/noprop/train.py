@@ -31,13 +31,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from diffpolicy.datasets.fashion_mnist import AUGMENTATIONS, FMNISTSplits, augment_batch, iterate_batches
 from diffpolicy.noprop import execution
 from diffpolicy.noprop.blocks import StackedPaperBlocks
 from diffpolicy.noprop.dt import NoPropDT
+from diffpolicy.noprop.parallel import BlockWorkers, share
 from diffpolicy.serialization import safe_load
 
 BLOCK_SCHEDULES = ("all", "sweep", "random")
@@ -68,6 +68,7 @@ class TrainConfig:
     val_overrides: dict = field(default_factory=dict)   # e.g. fewer CT steps on validation
     progress: bool = True
     device: str = "cpu"                        # "cuda" moves model and data (untested here)
+    block_workers: int = 1                     # NoProp-DT: blocks split over this many CPU processes
 
     def __post_init__(self):
         if self.block_schedule not in BLOCK_SCHEDULES:
@@ -85,6 +86,9 @@ class TrainConfig:
             raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not self.predict_modes:
             raise ValueError("predict_modes must name at least one inference mode")
+        if not isinstance(self.block_workers, int) or isinstance(self.block_workers, bool) \
+                or self.block_workers < 1:
+            raise ValueError(f"block_workers: expected a whole number >= 1, got {self.block_workers!r}")
 
 
 def autocast(precision: str, device: str = "cpu"):
@@ -276,6 +280,41 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimiz
     return {"loss": loss_sum / max(steps, 1), "seconds": time.perf_counter() - t0, "steps": steps}
 
 
+class EpochRunner:
+    """What one process trains with: its model (or share), optimiser and generators.
+
+    ``train_epoch(epoch, desc)`` runs :func:`diffpolicy.noprop.train.train_epoch`;
+    ``state_dict`` / ``load_state_dict`` carry the optimiser, the data and noise
+    generators and torch's global generator (dropout) across a checkpoint.
+    """
+
+    def __init__(self, model: nn.Module, cfg, x: torch.Tensor, y: torch.Tensor,
+                 shared_weight: float = 1.0, sync=None):
+        self.model, self.cfg, self.x, self.y = model, cfg, x, y
+        self.shared_weight, self.sync = shared_weight, sync
+        self.opt = Optimizers(model, cfg)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def train_epoch(self, epoch: int, desc: str) -> dict:
+        return train_epoch(self.model, self.x, self.y, self.opt, self.cfg, self.data_gen,
+                           self.noise_gen, desc=desc, shared_weight=self.shared_weight,
+                           sync=self.sync, epoch=epoch)
+
+    def state_dict(self) -> dict:
+        return {"opt": self.opt.state_dict(), "data_gen": self.data_gen.get_state(),
+                "noise_gen": self.noise_gen.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.data_gen.set_state(state["data_gen"])
+        self.noise_gen.set_state(state["noise_gen"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def close(self) -> None:
+        pass
+
+
 @torch.no_grad()
 def predict_all(model: nn.Module, x: torch.Tensor, batch: int = 2000, precision: str = "fp32",
                 **predict_kw) -> torch.Tensor:
@@ -315,6 +354,8 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
     Validation uses the first of ``cfg.predict_modes`` (with ``cfg.val_overrides``); the test set is touched
     only after training, by the selected model, in every mode.  With
     ``checkpoint`` the state is saved after every epoch and a rerun resumes.
+    ``cfg.block_workers > 1`` (NoProp-DT) trains shares of the blocks in that many processes
+    (:mod:`.parallel`); validation, checkpoints and the test run here on the merged model.
     Returns ``history`` (per epoch: loss, seconds, steps, val_acc), ``best_epoch``,
     ``val_acc``, ``test_acc`` {mode: mean acc}, ``test_acc_runs`` {mode: [acc per sampling
     run]}, ``infer_seconds`` {mode: s for the test set, one run},
@@ -324,12 +365,16 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
     """
     t_fit = time.time()
     torch.manual_seed(cfg.seed)
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
     model.to(cfg.device)
     train_x, train_y = data.train_x.to(cfg.device), data.train_y.to(cfg.device)
-    cfg = execution.resolve(model, cfg, train_x[:cfg.batch_size], train_y[:cfg.batch_size], log=log)
-    opt = Optimizers(model, cfg)
+    parallel = cfg.block_workers > 1
+    # block-parallel: the probe times one worker's share, as each process will run
+    probe = share(model, cfg.block_workers, 0) if parallel and isinstance(model, NoPropDT) else model
+    cfg = execution.resolve(probe, cfg, train_x[:cfg.batch_size], train_y[:cfg.batch_size], log=log)
+    if probe is not model:
+        model.blocks.set_layout(cfg.layout)
+    runner = (BlockWorkers(model, cfg, train_x, train_y, EpochRunner) if parallel
+              else EpochRunner(model, cfg, train_x, train_y))
     history, best, best_state, start, earlier = [], -1.0, None, 0, 0.0
     if checkpoint is not None and Path(checkpoint).exists():
         ck = safe_load(checkpoint, "NoProp checkpoint")
@@ -338,34 +383,36 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
             raise ValueError(f"{checkpoint} is a run of {before['epochs']} epochs with a cosine "
                              f"learning rate; this one asks for {cfg.epochs}, whose schedule differs "
                              "(a constant-rate run can be extended): use another checkpoint path")
+        if not parallel and "block_workers" in ck:
+            raise ValueError(f"{checkpoint} was trained with block_workers="
+                             f"{len(ck['block_workers'])}; this config trains in one process "
+                             "(use the same setting, or another checkpoint path)")
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
+        runner.load_state_dict(ck)
         history, best, best_state, start = ck["history"], ck["best"], ck["best_state"], ck["epoch"]
         earlier = float(ck.get("fit_seconds", 0.0))      # checkpoints from before it: 0
-        data_gen.set_state(ck["data_gen"])
-        noise_gen.set_state(ck["noise_gen"])
-        torch.set_rng_state(ck["torch_rng"])
         log(f"{desc}: resumed after epoch {start}")
     modes = list(cfg.predict_modes.items())
-    for epoch in range(start, cfg.epochs):
-        stats = train_epoch(model, train_x, train_y, opt, cfg, data_gen, noise_gen,
-                            desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}", epoch=epoch)
-        stats["val_acc"] = accuracy(model, data.val_x, data.val_y, cfg.eval_batch, cfg.precision,
-                                    **_one_run({**modes[0][1], **cfg.val_overrides}, cfg.seed + 2))
-        stats["epoch"] = epoch + 1
-        if hasattr(model, "schedule_diagnostics"):          # NoProp-CT: learned gamma(t), loss weight by t
-            stats["schedule"] = model.schedule_diagnostics()
-        history.append(stats)
-        log(f"{desc}: epoch {epoch + 1}/{cfg.epochs} loss {stats['loss']:.4f} "
-            f"val {100 * stats['val_acc']:.2f}% ({stats['seconds']:.0f} s)")
-        if stats["val_acc"] > best:
-            best, best_state = stats["val_acc"], copy.deepcopy(model.state_dict())
-        if checkpoint is not None:
-            _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "history": history,
-                          "best": best, "best_state": best_state, "epoch": epoch + 1,
-                          "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state(),
-                          "torch_rng": torch.get_rng_state(), "config": asdict(cfg),
-                          "fit_seconds": earlier + time.time() - t_fit}, Path(checkpoint))
+    try:
+        for epoch in range(start, cfg.epochs):
+            stats = runner.train_epoch(epoch, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}")
+            stats["val_acc"] = accuracy(model, data.val_x, data.val_y, cfg.eval_batch, cfg.precision,
+                                        **_one_run({**modes[0][1], **cfg.val_overrides}, cfg.seed + 2))
+            stats["epoch"] = epoch + 1
+            if hasattr(model, "schedule_diagnostics"):      # NoProp-CT: learned gamma(t), loss weight by t
+                stats["schedule"] = model.schedule_diagnostics()
+            history.append(stats)
+            log(f"{desc}: epoch {epoch + 1}/{cfg.epochs} loss {stats['loss']:.4f} "
+                f"val {100 * stats['val_acc']:.2f}% ({stats['seconds']:.0f} s)")
+            if stats["val_acc"] > best:
+                best, best_state = stats["val_acc"], copy.deepcopy(model.state_dict())
+            if checkpoint is not None:
+                _save_atomic({"model": model.state_dict(), **runner.state_dict(), "history": history,
+                              "best": best, "best_state": best_state, "epoch": epoch + 1,
+                              "config": asdict(cfg), "fit_seconds": earlier + time.time() - t_fit},
+                             Path(checkpoint))
+    finally:
+        runner.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     test_acc, test_runs, infer_s = {}, {}, {}
@@ -382,94 +429,3 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
             "infer_seconds": infer_s, "precision": cfg.precision, "layout": cfg.layout,
             "resumed_seconds": earlier,
             "seconds_per_epoch": sum(h["seconds"] for h in history) / max(len(history), 1)}
-
-
-# ------------------------------------------------------------ parallel NoProp-DT
-@contextlib.contextmanager
-def _threads(n: int):
-    """Run the body with ``n`` torch threads (a worker's count, for its probe)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def block_partition(T: int, world_size: int) -> list[list[int]]:
-    """Contiguous groups of the blocks 1..T, as even as possible, one per process."""
-    if not 1 <= world_size <= T:
-        raise ValueError(f"world_size must be in 1..T={T}, got {world_size}")
-    bounds = [round(i * T / world_size) for i in range(world_size + 1)]
-    return [list(range(bounds[r] + 1, bounds[r + 1] + 1)) for r in range(world_size)]
-
-
-def _allreduce_shared(model: NoPropDT) -> None:
-    """Sum the shared parameters' gradients over workers (block gradients stay local)."""
-    for p in model.shared_parameters:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-
-
-def _parallel_worker(rank: int, world_size: int, init_method: str, model_kwargs: dict,
-                     data: FMNISTSplits, cfg: TrainConfig, out_dir: str, threads: int) -> None:
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
-    try:
-        torch.set_num_threads(threads)
-        torch.manual_seed(cfg.seed)
-        full = NoPropDT(**model_kwargs)                       # identical init on every worker
-        part = full.subset(block_partition(full.T, world_size)[rank])
-        part.blocks.set_layout(cfg.layout)                    # resolved by fit_dt_parallel
-        del full
-        opt = Optimizers(part, cfg)
-        data_gen = torch.Generator().manual_seed(cfg.seed)
-        noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
-        history = []
-        for epoch in range(cfg.epochs):
-            stats = train_epoch(part, data.train_x, data.train_y, opt, cfg, data_gen, noise_gen,
-                                desc=f"worker {rank} epoch {epoch + 1}", shared_weight=1 / world_size,
-                                sync=_allreduce_shared, epoch=epoch)
-            history.append(stats)
-        torch.save({"state": part.state_dict(), "block_ids": part.block_ids, "history": history},
-                   Path(out_dir) / f"part{rank}.pt")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def fit_dt_parallel(model_kwargs: dict, data: FMNISTSplits, cfg: TrainConfig, world_size: int,
-                    workdir: str | Path, threads_per_worker: int = 1) -> tuple[NoPropDT, list[dict]]:
-    """Train NoProp-DT with its blocks split over ``world_size`` processes (gloo).
-
-    Every worker builds the same initial model, keeps its contiguous share of
-    blocks, and runs the same batches and noise as serial training; only the
-    shared head's and embedding's gradients are all-reduced.  Returns the merged
-    model and each worker's epoch history.  ``cfg.block_schedule`` must be "all".
-    """
-    import torch.multiprocessing as mp
-    if cfg.block_schedule != "all":
-        raise ValueError("parallel training runs every held block on every batch "
-                         f"(block_schedule='all'), got {cfg.block_schedule!r}")
-    probe_part = NoPropDT(**model_kwargs)
-    probe_part = probe_part.subset(block_partition(probe_part.T, world_size)[0])
-    with _threads(threads_per_worker):
-        cfg = execution.resolve(probe_part, cfg, data.train_x[:cfg.batch_size],
-                                data.train_y[:cfg.batch_size])
-    del probe_part
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    rdzv = workdir / "rendezvous"
-    if rdzv.exists():
-        rdzv.unlink()
-    mp.spawn(_parallel_worker, args=(world_size, f"file://{rdzv}", model_kwargs, data, cfg,
-                                     str(workdir), threads_per_worker), nprocs=world_size, join=True)
-    saved = [safe_load(workdir / f"part{r}.pt", "worker result") for r in range(world_size)]
-    full = NoPropDT(**model_kwargs)
-    parts = []
-    for p in saved:
-        part = full.subset(p["block_ids"])
-        part.blocks.set_layout(cfg.layout)
-        part.load_state_dict(p["state"])
-        parts.append(part)
-    return NoPropDT.merge(parts), [p["history"] for p in saved]

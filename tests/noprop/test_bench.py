@@ -98,21 +98,25 @@ def test_summary_reports_mean_and_standard_deviation():
     assert "86.00 ± 1.41 (sampling s.d. 0.71)" in markdown_table([line], {"seeds": [0, 1]})
 
 
-def test_print_config_and_parallel_guard(capsys):
+def test_print_config(capsys):
     assert main(["--quick", "--print-config", "seeds=[5]"]) == 0
     assert json.loads(capsys.readouterr().out)["seeds"] == [5]
-    from diffpolicy.noprop.train import TrainConfig, fit_dt_parallel
-    with pytest.raises(ValueError, match="parallel training runs every held block"):
-        fit_dt_parallel({}, None, TrainConfig(block_schedule="sweep"), 2, "/tmp/unused")
 
 
 def test_rows_run_in_their_own_process_and_report_its_memory(fmnist_root, tmp_path):
-    out = tmp_path / "iso"
-    assert main(["--quick", f"out_dir={out}", "only=[noprop-dt]", "threads=1",
-                 "data.train_subset=64", "data.val_size=64", "data.test_subset=64",
-                 "train.max_steps_per_epoch=1", f"data.root={fmnist_root}"]) == 0
-    run = json.loads((out / "rows" / "noprop-dt_seed0.json").read_text())
+    """Each row in its own process; with train.block_workers=2 the NoProp-DT row's blocks are
+    split over 2 gloo processes, the row records it, and its step memory is one share's."""
+    common = ["--quick", "only=[noprop-dt]", "threads=1", "data.train_subset=64", "data.val_size=64",
+              "data.test_subset=64", "train.max_steps_per_epoch=1", f"data.root={fmnist_root}",
+              "train.precision=fp32", "train.layout=fused"]
+    assert main(common + [f"out_dir={tmp_path / 'iso'}"]) == 0
+    run = json.loads((tmp_path / "iso" / "rows" / "noprop-dt_seed0.json").read_text())
     assert run["threads"] == 1 and run["peak_rss_mb"] > 100 and run["n_train"] == 64
+    assert main(common + [f"out_dir={tmp_path / 'two'}", "train.block_workers=2"]) == 0
+    two = json.loads((tmp_path / "two" / "rows" / "noprop-dt_seed0.json").read_text())
+    assert run["block_workers"] == 1 and two["block_workers"] == 2
+    assert [h["steps"] for h in two["history"]] == [h["steps"] for h in run["history"]] == [1]
+    assert two["train_memory"]["peak_mb"] < 0.7 * run["train_memory"]["peak_mb"]
 
 
 def test_unknown_config_keys_are_refused(capsys):
