@@ -14,6 +14,7 @@ After every epoch each helper sends rank 0 its share, optimiser state and genera
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -100,10 +101,15 @@ class BlockWorkers:
             self.rank0.load_state_dict(self.states[0])
 
     def train_epoch(self, epoch: int, desc: str) -> dict:
+        """Every rank trains its share for an epoch; ``model`` then holds the merged result.
+        ``seconds`` counts the whole call (starting the helpers, gathering, merging),
+        ``merge_seconds`` the gathering and merging after the last step."""
+        t0 = time.perf_counter()
         if self.procs is None:
             self._start()
         dist.broadcast_object_list([epoch], src=0)
         stats = self.rank0.train_epoch(epoch, desc)
+        t_merge = time.perf_counter()
         ours = {"part": self.rank0.model.state_dict(), "train": self.rank0.state_dict()}
         gathered: list = [None] * self.n
         dist.gather_object(ours, gathered, dst=0)
@@ -115,7 +121,8 @@ class BlockWorkers:
         merged = NoPropDT.merge(parts)
         self.model.load_state_dict(merged.state_dict())
         self.states = [got["train"] for got in gathered]
-        return stats
+        end = time.perf_counter()
+        return dict(stats, seconds=end - t0, merge_seconds=end - t_merge)
 
     def state_dict(self) -> dict:
         if self.states is None:

@@ -170,6 +170,7 @@ def test_block_parallel_fit_on_two_gloo_processes_matches_serial(tmp_path):
     par = NoPropDT(**kwargs)
     res_p = fit(par, data, TrainConfig(**{**cfg.__dict__, "block_workers": 2}), log=lambda *_: None)
     assert par.block_ids == [1, 2, 3, 4] and [h["steps"] for h in res_p["history"]] == [3, 3]
+    assert all(h["seconds"] > h["merge_seconds"] > 0 for h in res_p["history"])
     assert [h["val_acc"] for h in res_p["history"]] == [h["val_acc"] for h in res_s["history"]]
     # a share's grouped convs sum in another order than all T blocks'; where a gradient is ~0,
     # Adam turns that rounding into up to ~lr per step (6 steps of 1e-3 here).  A missing
