@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. out_dir=runs/x seeds=[0,1]")
     args = parser.parse_args(argv)
+    if args.quick and args.config:
+        parser.error(f"--quick is the quick config; it cannot go with --config {args.config}")
     name = args.config or ("quick" if args.quick else "bench")
     cfg = load_config(name, args.overrides)
     if args.print_config:

@@ -101,6 +101,9 @@ def test_summary_reports_mean_and_standard_deviation():
 def test_print_config(capsys):
     assert main(["--quick", "--print-config", "seeds=[5]"]) == 0
     assert json.loads(capsys.readouterr().out)["seeds"] == [5]
+    with pytest.raises(SystemExit):                 # two configs named: refused, not one dropped
+        main(["--quick", "--config", "paper_table", "--print-config"])
+    assert "cannot go with --config paper_table" in capsys.readouterr().err
 
 
 def test_rows_run_in_their_own_process_and_report_its_memory(fmnist_root, tmp_path):
