@@ -138,17 +138,19 @@ class BlockWorkers:
                              "checkpoint path)")
         self.states = got
 
-    def close(self) -> None:
-        """Stop the helpers (after the last epoch, or after an error on any rank)."""
+    def close(self, abort: bool = False) -> None:
+        """Stop the helpers: after the last epoch they are told to; on an error (``abort``)
+        they may be waiting inside a collective, so they are terminated."""
         if self.procs is None:
             return
         procs, self.procs = self.procs, None
         try:
-            dist.broadcast_object_list([None], src=0)
-        except RuntimeError:               # a helper already gone: the error that stopped us matters
-            pass
+            if not abort:
+                dist.broadcast_object_list([None], src=0)
         finally:
             for p in procs:
+                if abort:
+                    p.terminate()
                 p.join(timeout=60)
                 if p.is_alive():
                     p.terminate()
@@ -156,7 +158,7 @@ class BlockWorkers:
             dist.destroy_process_group()
             self._tmp.cleanup()
         failed = [p.exitcode for p in procs if p.exitcode]
-        if failed:
+        if failed and not abort:
             raise RuntimeError(f"a NoProp block worker exited with code {failed[0]} "
                                "(its traceback is above)")
 

@@ -311,8 +311,8 @@ class EpochRunner:
         self.noise_gen.set_state(state["noise_gen"])
         torch.set_rng_state(state["torch_rng"])
 
-    def close(self) -> None:
-        pass
+    def close(self, abort: bool = False) -> None:
+        """Nothing to stop in one process (``parallel.BlockWorkers`` stops its helpers)."""
 
 
 @torch.no_grad()
@@ -411,8 +411,10 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
                               "best": best, "best_state": best_state, "epoch": epoch + 1,
                               "config": asdict(cfg), "fit_seconds": earlier + time.time() - t_fit},
                              Path(checkpoint))
-    finally:
-        runner.close()
+    except BaseException:
+        runner.close(abort=True)         # block workers may be inside a collective: stop them
+        raise
+    runner.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     test_acc, test_runs, infer_s = {}, {}, {}

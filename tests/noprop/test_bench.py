@@ -142,6 +142,9 @@ def test_unknown_config_keys_are_refused(capsys):
     ablation = load_config("dt_ablation")
     check_config(ablation)
     assert [r.get("block_loss", "sum") for r in ablation["rows"]] == ["sum", "mean", "sum", "mean", "mean"]
+    dt_long = load_config("dt_long")
+    check_config(dt_long)
+    assert dt_long["train"]["block_workers"] == 2 and dt_long["rows"][0]["block_loss"] == "mean"
     ct_ablation = load_config("ct_ablation")
     check_config(ct_ablation)
     assert [r["name"] for r in ct_ablation["rows"]][0] == "ct-paper"

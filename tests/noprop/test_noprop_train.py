@@ -197,6 +197,26 @@ def test_block_parallel_fit_on_two_gloo_processes_matches_serial(tmp_path):
         TrainConfig(block_workers=0)
 
 
+def test_block_parallel_fit_stops_its_helpers_when_rank_0_fails(monkeypatch):
+    """An error on rank 0 mid-epoch (the helpers wait inside an all-reduce) reaches the caller
+    at once, with the helpers stopped and the process group gone."""
+    import time
+
+    import torch.distributed as dist
+
+    from diffpolicy.noprop import train as train_mod
+
+    def boom(self, epoch, desc):
+        raise KeyError("rank 0 failed")
+    monkeypatch.setattr(train_mod.EpochRunner, "train_epoch", boom)   # rank 0 only: helpers spawn
+    kwargs = dict(n_classes=K, T=4, embedding="learned", embed_dim=8, dropout=0.0, image_size=IMG)
+    t0 = time.time()
+    with pytest.raises(KeyError, match="rank 0 failed"):
+        fit(NoPropDT(**kwargs), tiny_splits(n_train=48),
+            _cfg(block_workers=2, precision="fp32", layout="fused"), log=lambda *_: None)
+    assert time.time() - t0 < 120 and not dist.is_initialized()
+
+
 def test_block_parallel_fit_refuses_what_it_cannot_split():
     data = tiny_splits(n_train=16)
     with pytest.raises(ValueError, match="trains NoProp-DT's blocks apart; got BackpropDT"):
