@@ -19,11 +19,10 @@ import statistics
 
 import torch
 
-from diffpolicy.noprop import execution
 from diffpolicy.noprop.backprop import BackpropDT
 from diffpolicy.noprop.dt import NoPropDT
-from diffpolicy.noprop.parallel import BlockWorkers, share
-from diffpolicy.noprop.train import EpochRunner, TrainConfig
+from diffpolicy.noprop.parallel import BlockWorkers
+from diffpolicy.noprop.train import EpochRunner, TrainConfig, resolve_execution
 from diffpolicy.speed import time_interleaved, write_benchmark_json
 
 BATCH, K, T, PASS = 128, 10, 10, 430          # 430 batches: one pass over 55k training images
@@ -32,7 +31,7 @@ BATCH, K, T, PASS = 128, 10, 10, 430          # 430 batches: one pass over 55k t
 def serial_runner(model: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
                   threads: int):
     torch.set_num_threads(threads)
-    cfg = execution.resolve(model, cfg, x[:BATCH], y[:BATCH])
+    cfg = resolve_execution(model, cfg, x[:BATCH], y[:BATCH])
     runner = EpochRunner(model, cfg, x, y)
 
     def call():
@@ -44,9 +43,8 @@ def serial_runner(model: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, y: 
 def parallel_runner(model: NoPropDT, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
                     workers: int, threads: int):
     torch.set_num_threads(threads)                 # each process's threads (helpers copy it)
-    cfg = TrainConfig(**{**cfg.__dict__, "block_workers": workers})
-    cfg = execution.resolve(share(model, workers, 0), cfg, x[:BATCH], y[:BATCH])
-    model.blocks.set_layout(cfg.layout)
+    cfg = resolve_execution(model, TrainConfig(**{**cfg.__dict__, "block_workers": workers}),
+                            x[:BATCH], y[:BATCH])
     runner = BlockWorkers(model, cfg, x, y, EpochRunner)
     merges = []
 

@@ -306,6 +306,10 @@ class EpochRunner:
                 "noise_gen": self.noise_gen.get_state(), "torch_rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        if "block_workers" in state:              # the twin check: parallel.BlockWorkers.load_state_dict
+            raise ValueError(f"this checkpoint was trained with block_workers="
+                             f"{len(state['block_workers'])}; this config trains in one process "
+                             "(use the same setting, or another checkpoint path)")
         self.opt.load_state_dict(state["opt"])
         self.data_gen.set_state(state["data_gen"])
         self.noise_gen.set_state(state["noise_gen"])
@@ -347,6 +351,18 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def resolve_execution(model: nn.Module, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor,
+                      log=print) -> TrainConfig:
+    """:func:`execution.resolve` for the processes that will train ``model``: with
+    ``block_workers > 1`` the probe times one worker's share of NoProp-DT's blocks, and
+    the chosen layout is then applied to the whole model."""
+    if cfg.block_workers == 1 or not isinstance(model, NoPropDT):
+        return execution.resolve(model, cfg, x, y, log=log)
+    cfg = execution.resolve(share(model, cfg.block_workers, 0), cfg, x, y, log=log)
+    model.blocks.set_layout(cfg.layout)
+    return cfg
+
+
 def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path | None = None,
         desc: str = "", log=print) -> dict:
     """Train, select the epoch with the best validation accuracy, then test it once.
@@ -367,13 +383,8 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
     torch.manual_seed(cfg.seed)
     model.to(cfg.device)
     train_x, train_y = data.train_x.to(cfg.device), data.train_y.to(cfg.device)
-    parallel = cfg.block_workers > 1
-    # block-parallel: the probe times one worker's share, as each process will run
-    probe = share(model, cfg.block_workers, 0) if parallel and isinstance(model, NoPropDT) else model
-    cfg = execution.resolve(probe, cfg, train_x[:cfg.batch_size], train_y[:cfg.batch_size], log=log)
-    if probe is not model:
-        model.blocks.set_layout(cfg.layout)
-    runner = (BlockWorkers(model, cfg, train_x, train_y, EpochRunner) if parallel
+    cfg = resolve_execution(model, cfg, train_x[:cfg.batch_size], train_y[:cfg.batch_size], log=log)
+    runner = (BlockWorkers(model, cfg, train_x, train_y, EpochRunner) if cfg.block_workers > 1
               else EpochRunner(model, cfg, train_x, train_y))
     history, best, best_state, start, earlier = [], -1.0, None, 0, 0.0
     if checkpoint is not None and Path(checkpoint).exists():
@@ -383,10 +394,6 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
             raise ValueError(f"{checkpoint} is a run of {before['epochs']} epochs with a cosine "
                              f"learning rate; this one asks for {cfg.epochs}, whose schedule differs "
                              "(a constant-rate run can be extended): use another checkpoint path")
-        if not parallel and "block_workers" in ck:
-            raise ValueError(f"{checkpoint} was trained with block_workers="
-                             f"{len(ck['block_workers'])}; this config trains in one process "
-                             "(use the same setting, or another checkpoint path)")
         model.load_state_dict(ck["model"])
         runner.load_state_dict(ck)
         history, best, best_state, start = ck["history"], ck["best"], ck["best_state"], ck["epoch"]
