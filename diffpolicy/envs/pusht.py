@@ -15,6 +15,10 @@ Observations (``obs_type``):
   ``image_dtype="float32"``; ``S = image_size``, 96 by default) and
   ``agent_pos`` ``(2,)`` float32.
 
+The observation spaces bound no position (only the angle, in [0, 2 pi), and the
+pixels): the agent passes through the walls, and seeded starts may put part of
+the block past the board's edge.
+
 Actions are ``(2,)`` target positions (real numbers). The action space says
 [0, 512] (what the demos use); targets up to one workspace beyond it
 (``ACTION_LIMITS``, [-512, 1024] on each axis) are accepted, as in the original
@@ -126,18 +130,23 @@ class PushTEnv(gym.Env):
 
         w = float(WORLD_SIZE)
         self.action_space = spaces.Box(0.0, w, shape=(2,), dtype=np.float32)
+        # Positions are not bounded by the board: the agent follows targets out to
+        # ACTION_LIMITS through the walls, about 1 % of seeded starts put block keypoints
+        # past x or y = 512 (seed 65: 516.9), and options={"state": ...} takes any finite
+        # state. So the spaces bound no coordinate; only the angle and the pixels are bounded.
         if obs_type == "state":
             self.observation_space = spaces.Box(
-                low=np.zeros(5), high=np.array([w, w, w, w, 2 * np.pi]), dtype=np.float64)
+                low=np.array([-np.inf] * 4 + [0.0]), high=np.array([np.inf] * 4 + [2 * np.pi]),
+                dtype=np.float64)
         elif obs_type == "keypoints":
-            self.observation_space = spaces.Box(0.0, w, shape=(20,), dtype=np.float64)
+            self.observation_space = spaces.Box(-np.inf, np.inf, shape=(20,), dtype=np.float64)
         else:
             s = self.image_size
             image_space = (spaces.Box(0, 255, shape=(3, s, s), dtype=np.uint8) if image_dtype == "uint8"
                            else spaces.Box(0.0, 1.0, shape=(3, s, s), dtype=np.float32))
             self.observation_space = spaces.Dict({
                 "image": image_space,
-                "agent_pos": spaces.Box(0.0, w, shape=(2,), dtype=np.float32),
+                "agent_pos": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
             })
 
         self.sim = PushTPhysics()
