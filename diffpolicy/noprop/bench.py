@@ -275,6 +275,17 @@ def covered_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def scheduled_seconds(durations: list[float], workers: int) -> float:
+    """Clock time of one uninterrupted run of jobs taking ``durations`` seconds, started in
+    that order on ``workers`` slots, each job as soon as a slot is free (as ``run_table``
+    starts rows). For a table assembled over several sessions, this is what one run takes."""
+    free = [0.0] * workers
+    for d in durations:
+        i = free.index(min(free))
+        free[i] += d
+    return max(free, default=0.0)
+
+
 def _write_progress(out_dir: Path, running: list[str]) -> None:
     (out_dir / "progress.txt").write_text("".join(f"{s}\n" for s in running) + f"started {time.ctime()}\n")
 
@@ -366,13 +377,16 @@ def write_outputs(results: list[dict], cfg: dict, out_dir: Path) -> None:
     timed = [(r["started_at"], r["finished_at"]) for r in results if "started_at" in r]
     span = covered_seconds(timed) if len(timed) == len(results) else None   # None: rows from before
     workers = _workers(cfg)
+    scheduled = scheduled_seconds([r.get("wall_seconds", 0.0) for r in results], workers)
     (out_dir / "results.json").write_text(json.dumps(
         {"rows": lines, "runs": results, "table_wall_seconds": wall, "table_span_seconds": span,
-         "workers": workers, "threads": cfg.get("threads"),
+         "table_scheduled_seconds": scheduled, "workers": workers, "threads": cfg.get("threads"),
          "machine": speed.machine_info(cfg["train"].get("device", "cpu"))}, indent=1))
     print(f"table: {wall / 60:.1f} min of row wall time (each row's data, probe, training and tests), "
           + (f"{span / 60:.1f} min on the clock with {workers} row(s) side by side" if span is not None
-             else "clock span not recorded for every row"), flush=True)
+             else "clock span not recorded for every row")
+          + f"; one uninterrupted run of these rows, {workers} at a time: {scheduled / 60:.1f} min",
+          flush=True)
     if lines:
         plot_curves(lines, out_dir / "noprop_curves.png")
     print(md, flush=True)

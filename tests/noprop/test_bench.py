@@ -60,6 +60,7 @@ def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, caps
     assert [r["row"] for r in rows] == ["noprop-dt", "backprop-resnet18"]      # config order
     assert saved["table_wall_seconds"] == pytest.approx(sum(r["wall_seconds"] for r in saved["runs"]))
     assert saved["table_wall_seconds"] > 0 and saved["machine"]["cpu_model"]
+    assert saved["table_scheduled_seconds"] == pytest.approx(saved["table_wall_seconds"])  # workers 1
     assert {r["precision"] for r in saved["runs"]} <= {"fp32", "bf16"}         # auto was resolved
     dt = rows[0]
     assert set(dt["test_acc"]) == {"deterministic", "stochastic"} and dt["seconds_per_epoch"][0] > 0
@@ -172,6 +173,14 @@ def test_rows_run_side_by_side_with_workers(fmnist_root, tmp_path):
     # the two rows overlapped in time: the clock span is shorter than the summed row times
     assert report["table_span_seconds"] < 0.9 * report["table_wall_seconds"]
     assert "finished" in (out / "progress.txt").read_text()
+
+
+def test_scheduled_seconds_starts_each_job_on_the_first_free_slot():
+    from diffpolicy.noprop.bench import scheduled_seconds
+    assert scheduled_seconds([3.0, 2.0, 2.0, 1.0], 2) == 4.0       # A: 3+1, B: 2+2
+    assert scheduled_seconds([1.0, 1.0, 5.0], 2) == 6.0            # the long job starts last
+    assert scheduled_seconds([5.0, 1.0, 1.0], 2) == 5.0            # ... or first
+    assert scheduled_seconds([2.0, 3.0], 1) == 5.0 and scheduled_seconds([], 2) == 0.0
 
 
 def test_a_failing_row_is_reported_and_the_others_finish(fmnist_root, tmp_path, capsys):
