@@ -130,10 +130,8 @@ class PushTEnv(gym.Env):
 
         w = float(WORLD_SIZE)
         self.action_space = spaces.Box(0.0, w, shape=(2,), dtype=np.float32)
-        # Positions are not bounded by the board: the agent follows targets out to
-        # ACTION_LIMITS through the walls, about 1 % of seeded starts put block keypoints
-        # past x or y = 512 (seed 65: 516.9), and options={"state": ...} takes any finite
-        # state. So the spaces bound no coordinate; only the angle and the pixels are bounded.
+        # no position is bounded (module docstring): seeded starts may put block keypoints
+        # past 512 (seed 65: 516.9), the agent follows targets out to ACTION_LIMITS
         if obs_type == "state":
             self.observation_space = spaces.Box(
                 low=np.array([-np.inf] * 4 + [0.0]), high=np.array([np.inf] * 4 + [2 * np.pi]),

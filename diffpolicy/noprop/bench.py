@@ -373,11 +373,12 @@ def write_outputs(results: list[dict], cfg: dict, out_dir: Path) -> None:
     lines = summarise(results)
     md = markdown_table(lines, cfg) if lines else "No rows finished.\n"
     (out_dir / "results.md").write_text(md)
-    wall = sum(r.get("wall_seconds", 0.0) for r in results)
+    walls = [r.get("wall_seconds", 0.0) for r in results]
+    wall = sum(walls)
     timed = [(r["started_at"], r["finished_at"]) for r in results if "started_at" in r]
     span = covered_seconds(timed) if len(timed) == len(results) else None   # None: rows from before
     workers = _workers(cfg)
-    scheduled = scheduled_seconds([r.get("wall_seconds", 0.0) for r in results], workers)
+    scheduled = scheduled_seconds(walls, workers)
     (out_dir / "results.json").write_text(json.dumps(
         {"rows": lines, "runs": results, "table_wall_seconds": wall, "table_span_seconds": span,
          "table_scheduled_seconds": scheduled, "workers": workers, "threads": cfg.get("threads"),
