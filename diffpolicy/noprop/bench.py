@@ -191,6 +191,11 @@ def check_config(cfg: dict) -> None:
         for key in ("name", "kind", "epochs"):
             if key not in row:
                 raise ValueError(f"NoProp config {where} has no {key!r}")
+        workers = {**(cfg.get("train") or {}), **(row.get("train") or {})}.get("block_workers", 1)
+        if row["kind"] != "dt" and workers != 1:
+            raise ValueError(f"NoProp config {where}: train.block_workers {workers} splits NoProp-DT's "
+                             f"blocks over processes; a {row['kind']!r} row trains in one "
+                             f"(set its train: {{block_workers: 1}})")
 
 
 def run_table(cfg: dict) -> list[dict]:

@@ -146,6 +146,9 @@ def test_unknown_config_keys_are_refused(capsys):
     dt_long = load_config("dt_long")
     check_config(dt_long)
     assert dt_long["train"]["block_workers"] == 2 and dt_long["rows"][0]["block_loss"] == "mean"
+    twin = next(r for r in dt_long["rows"] if r["kind"] == "backprop_dt")
+    with pytest.raises(ValueError, match=r"backprop-dt-30ep\): train.block_workers 2 .* 'backprop_dt' row"):
+        check_config(dict(dt_long, rows=[{k: v for k, v in twin.items() if k != "train"}]))
     ct_ablation = load_config("ct_ablation")
     check_config(ct_ablation)
     assert [r["name"] for r in ct_ablation["rows"]][0] == "ct-paper"
