@@ -84,6 +84,8 @@ def build_model(row: dict, data) -> torch.nn.Module:
 def row_train_config(row: dict, train: dict, seed: int) -> TrainConfig:
     """TrainConfig for a row: the shared ``train`` settings, row overrides, inference modes."""
     kw = {k: v for k, v in train.items() if k in TrainConfig.__dataclass_fields__}
+    if row["kind"] != "dt":                      # the shared block_workers splits NoProp-DT rows only
+        kw.pop("block_workers", None)
     kw.update({k: v for k, v in row.get("train", {}).items()})
     kw["epochs"], kw["seed"] = row["epochs"], seed
     if row["kind"] in ("dt", "ct", "fm"):
@@ -191,11 +193,10 @@ def check_config(cfg: dict) -> None:
         for key in ("name", "kind", "epochs"):
             if key not in row:
                 raise ValueError(f"NoProp config {where} has no {key!r}")
-        workers = {**(cfg.get("train") or {}), **(row.get("train") or {})}.get("block_workers", 1)
+        workers = (row.get("train") or {}).get("block_workers", 1)
         if row["kind"] != "dt" and workers != 1:
             raise ValueError(f"NoProp config {where}: train.block_workers {workers} splits NoProp-DT's "
-                             f"blocks over processes; a {row['kind']!r} row trains in one "
-                             f"(set its train: {{block_workers: 1}})")
+                             f"blocks over processes; a {row['kind']!r} row trains in one")
 
 
 def run_table(cfg: dict) -> list[dict]:
