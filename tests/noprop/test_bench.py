@@ -142,10 +142,17 @@ def test_unknown_config_keys_are_refused(capsys):
     assert ct.out[0].in_features == 3 * 256 and ct.schedule_diagnostics()["gamma_0"] == 10.0
     ablation = load_config("dt_ablation")
     check_config(ablation)
-    assert [r.get("block_loss", "sum") for r in ablation["rows"]] == ["sum", "mean", "sum", "mean", "mean"]
+    assert [r.get("block_loss", "sum") for r in ablation["rows"]] == ["sum", "mean", "sum"] + ["mean"] * 4
+    # the sharpening rows change one setting each against dt-mean
+    by_name = {r["name"]: r for r in ablation["rows"]}
+    for name, changed in (("dt-mean-no-dropout", {"dropout": 0.0}), ("dt-mean-lr2x", {"train": {"lr": 0.002}})):
+        differs = {k: v for k, v in by_name[name].items() if k != "name" and by_name["dt-mean"].get(k) != v}
+        assert differs == changed, name
     dt_long = load_config("dt_long")
     check_config(dt_long)
     assert dt_long["train"]["block_workers"] == 2 and dt_long["rows"][0]["block_loss"] == "mean"
+    long_rows = {r["name"]: r for r in dt_long["rows"]}
+    assert dict(long_rows["dt-mean-no-dropout-30ep"], name="dt-mean-30ep", dropout=0.2) == long_rows["dt-mean-30ep"]
     # the shared block_workers splits the NoProp-DT rows only; a row of another kind asking for it is refused
     twin = next(r for r in dt_long["rows"] if r["kind"] == "backprop_dt")
     assert row_train_config(twin, dt_long["train"], 0).block_workers == 1
