@@ -150,15 +150,15 @@ def test_unknown_config_keys_are_refused(capsys):
         assert differs == changed, name
     dt_long = load_config("dt_long")
     check_config(dt_long)
-    assert dt_long["train"]["block_workers"] == 2 and dt_long["rows"][0]["block_loss"] == "mean"
     long_rows = {r["name"]: r for r in dt_long["rows"]}
+    assert dt_long["train"]["block_workers"] == 2 and long_rows["dt-mean-30ep"]["block_loss"] == "mean"
     assert dict(long_rows["dt-mean-no-dropout-30ep"], name="dt-mean-30ep", dropout=0.2) == long_rows["dt-mean-30ep"]
     assert dict(long_rows["backprop-dt-no-dropout-30ep"], name="backprop-dt-30ep", dropout=0.2) \
         == long_rows["backprop-dt-30ep"]
     # the shared block_workers splits the NoProp-DT rows only; a row of another kind asking for it is refused
-    twin = next(r for r in dt_long["rows"] if r["kind"] == "backprop_dt")
+    twin = long_rows["backprop-dt-30ep"]
     assert row_train_config(twin, dt_long["train"], 0).block_workers == 1
-    assert row_train_config(dt_long["rows"][0], dt_long["train"], 0).block_workers == 2
+    assert row_train_config(long_rows["dt-mean-30ep"], dt_long["train"], 0).block_workers == 2
     with pytest.raises(ValueError, match=r"backprop-dt-30ep\): train.block_workers 2 .* 'backprop_dt' row"):
         check_config(dict(dt_long, rows=[dict(twin, train={"block_workers": 2})]))
     ct_ablation = load_config("ct_ablation")
