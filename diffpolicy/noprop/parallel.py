@@ -9,7 +9,9 @@ and ``W_embed``'s gradients are all-reduced, so the merged model is the one seri
 gives (equal up to float summation order; dropout masks come from each rank's own generator).
 
 After every epoch each helper sends rank 0 its share, optimiser state and generator states
-(``train.EpochRunner.state_dict``), so one checkpoint holds everything a resume needs.
+(``train.EpochRunner.state_dict``), so one checkpoint holds everything a resume needs, and
+its mean training loss: the epoch's loss is their sum, the whole model's as serial training
+reports it (each share holds its blocks' terms and 1/n of the shared terms).
 """
 from __future__ import annotations
 
@@ -102,15 +104,17 @@ class BlockWorkers:
 
     def train_epoch(self, epoch: int, desc: str) -> dict:
         """Every rank trains its share for an epoch; ``model`` then holds the merged result.
-        ``seconds`` counts the whole call (starting the helpers, gathering, merging),
-        ``merge_seconds`` the gathering and merging after the last step."""
+        ``loss`` is the whole model's (the ranks' losses summed), ``seconds`` counts the whole
+        call (starting the helpers, gathering, merging), ``merge_seconds`` the gathering and
+        merging after the last step."""
         t0 = time.perf_counter()
         if self.procs is None:
             self._start()
         dist.broadcast_object_list([epoch], src=0)
         stats = self.rank0.train_epoch(epoch, desc)
         t_merge = time.perf_counter()
-        ours = {"part": self.rank0.model.state_dict(), "train": self.rank0.state_dict()}
+        ours = {"part": self.rank0.model.state_dict(), "train": self.rank0.state_dict(),
+                "loss": stats["loss"]}
         gathered: list = [None] * self.n
         dist.gather_object(ours, gathered, dst=0)
         parts = []
@@ -122,7 +126,8 @@ class BlockWorkers:
         self.model.load_state_dict(merged.state_dict())
         self.states = [got["train"] for got in gathered]
         end = time.perf_counter()
-        return dict(stats, seconds=end - t0, merge_seconds=end - t_merge)
+        return dict(stats, loss=sum(got["loss"] for got in gathered), seconds=end - t0,
+                    merge_seconds=end - t_merge)
 
     def state_dict(self) -> dict:
         if self.states is None:
@@ -180,8 +185,8 @@ def _helper(rank: int, world_size: int, init_method: str, model: NoPropDT, cfg, 
             dist.broadcast_object_list(cmd, src=0)
             if cmd[0] is None:
                 break
-            ours.train_epoch(cmd[0], desc=f"block worker {rank}")
-            dist.gather_object({"part": ours.model.state_dict(), "train": ours.state_dict()},
-                               None, dst=0)
+            stats = ours.train_epoch(cmd[0], desc=f"block worker {rank}")
+            dist.gather_object({"part": ours.model.state_dict(), "train": ours.state_dict(),
+                                "loss": stats["loss"]}, None, dst=0)
     finally:
         dist.destroy_process_group()

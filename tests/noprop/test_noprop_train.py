@@ -172,6 +172,9 @@ def test_block_parallel_fit_on_two_gloo_processes_matches_serial(tmp_path):
     assert par.block_ids == [1, 2, 3, 4] and [h["steps"] for h in res_p["history"]] == [3, 3]
     assert all(h["seconds"] > h["merge_seconds"] > 0 for h in res_p["history"])
     assert [h["val_acc"] for h in res_p["history"]] == [h["val_acc"] for h in res_s["history"]]
+    # the logged loss is the whole model's, not rank 0's share (its blocks + half the shared terms)
+    assert [h["loss"] for h in res_p["history"]] == pytest.approx(
+        [h["loss"] for h in res_s["history"]], rel=1e-3)
     # a share's grouped convs sum in another order than all T blocks'; where a gradient is ~0,
     # Adam turns that rounding into up to ~lr per step (6 steps of 1e-3 here).  A missing
     # all-reduce moves the shared head and embedding by far more.
