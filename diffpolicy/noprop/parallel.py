@@ -10,7 +10,7 @@ gives (equal up to float summation order; dropout masks come from each rank's ow
 
 After every epoch each helper sends rank 0 its share, optimiser state and generator states
 (``train.EpochRunner.state_dict``), so one checkpoint holds everything a resume needs, and
-its mean training loss: the epoch's loss is their sum, the whole model's as serial training
+its share's mean training loss; their sum is the whole model's loss, as serial training
 reports it (each share holds its blocks' terms and 1/n of the shared terms).
 """
 from __future__ import annotations
@@ -113,10 +113,8 @@ class BlockWorkers:
         dist.broadcast_object_list([epoch], src=0)
         stats = self.rank0.train_epoch(epoch, desc)
         t_merge = time.perf_counter()
-        ours = {"part": self.rank0.model.state_dict(), "train": self.rank0.state_dict(),
-                "loss": stats["loss"]}
         gathered: list = [None] * self.n
-        dist.gather_object(ours, gathered, dst=0)
+        dist.gather_object(_epoch_report(self.rank0, stats), gathered, dst=0)
         parts = []
         for rank, got in enumerate(gathered):
             part = share(self.model, self.n, rank)
@@ -168,6 +166,11 @@ class BlockWorkers:
                                "(its traceback is above)")
 
 
+def _epoch_report(runner, stats: dict) -> dict:
+    """What each rank sends rank 0 after an epoch: its share, its training state, its loss."""
+    return {"part": runner.model.state_dict(), "train": runner.state_dict(), "loss": stats["loss"]}
+
+
 def _helper(rank: int, world_size: int, init_method: str, model: NoPropDT, cfg, x: torch.Tensor,
             y: torch.Tensor, state: dict | None, threads: int, runner: type) -> None:
     """Ranks 1..n-1: train this rank's share for each epoch rank 0 announces; ``None`` stops."""
@@ -186,7 +189,6 @@ def _helper(rank: int, world_size: int, init_method: str, model: NoPropDT, cfg, 
             if cmd[0] is None:
                 break
             stats = ours.train_epoch(cmd[0], desc=f"block worker {rank}")
-            dist.gather_object({"part": ours.model.state_dict(), "train": ours.state_dict(),
-                                "loss": stats["loss"]}, None, dst=0)
+            dist.gather_object(_epoch_report(ours, stats), None, dst=0)
     finally:
         dist.destroy_process_group()
