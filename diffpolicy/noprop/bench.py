@@ -3,8 +3,9 @@ trained on one machine with one data pipeline, side by side.
 
 Each (row, seed) runs in its own process (so its peak memory is its own;
 ``workers`` of them side by side, each on ``cpu_count // workers`` threads unless
-``threads`` says otherwise) and writes ``rows/<row>_seed<k>.json`` when done; a rerun skips finished rows and
-resumes unfinished ones from their per-epoch checkpoint.  The outputs are
+``threads`` says otherwise) and writes ``rows/<row>_seed<k>.json`` when done, with the
+settings it ran under (``config``); a rerun skips finished rows (refusing one that ran other
+row settings) and resumes unfinished ones from their per-epoch checkpoint.  The outputs are
 ``results.md``, ``results.json`` and ``noprop_curves.png`` in ``out_dir``.
 
 Rows are plain dicts (from the Hydra config)::
@@ -154,8 +155,30 @@ def run_row(row: dict, seed: int, cfg: dict, out_dir: Path) -> dict:
                # data, probe, training, evaluation of this row; a resumed row adds the time its
                # earlier processes spent on the epochs it kept (res["resumed_seconds"])
                wall_seconds=time.time() - t_row + res["resumed_seconds"],
-               started_at=t_row, finished_at=time.time())
+               started_at=t_row, finished_at=time.time(), config=command_config(cfg, row))
     return res
+
+
+def command_config(cfg: dict, row: dict) -> dict:
+    """What one (row, seed) ran under: the command's settings (``rows`` left out) and its row.
+
+    Every ``rows/<row>_seed<k>.json`` keeps its own, since ``config.json`` holds the latest
+    command's only (two commands may fill one ``out_dir``, e.g. two rows side by side)."""
+    return {**{k: v for k, v in cfg.items() if k != "rows"}, "row": row}
+
+
+def _check_finished(result_path: Path, row: dict) -> None:
+    """Refuse to count a finished (row, seed) that ran other row settings than ``row``."""
+    done = json.loads(result_path.read_text())
+    if done.get("epochs") != row["epochs"]:
+        raise ValueError(f"{result_path} finished with {done.get('epochs')} epoch(s), this config asks "
+                         f"for {row['epochs']}: use another out_dir (results are never mixed)")
+    ran = (done.get("config") or {}).get("row")       # not recorded by runs from before
+    if ran is not None and ran != row:
+        keys = sorted(k for k in set(ran) | set(row) if ran.get(k) != row.get(k))
+        raise ValueError(f"{result_path} finished with other settings for row {row['name']!r} "
+                         f"({', '.join(f'{k}: {ran.get(k)!r} there, {row.get(k)!r} here' for k in keys)}): "
+                         "use another out_dir (results are never mixed)")
 
 
 def _child(row: dict, seed: int, cfg: dict, out_dir: str, result_path: str) -> None:
@@ -204,7 +227,7 @@ def run_table(cfg: dict) -> list[dict]:
     check_config(cfg)
     out_dir = Path(cfg["out_dir"])
     (out_dir / "rows").mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))   # this command's; see command_config
     rows = [dict(r, epochs=cfg["epochs"]) if cfg.get("epochs") else r
             for r in cfg["rows"] if not cfg.get("only") or r["name"] in cfg["only"]]
     jobs = [(r, s) for r in rows for s in cfg["seeds"]]
@@ -229,10 +252,7 @@ def run_table(cfg: dict) -> list[dict]:
         label = f"{row['name']} seed {seed}"
         status = f"[{i + 1}/{len(jobs)}] {label}"
         if result_path.exists():
-            done_epochs = json.loads(result_path.read_text()).get("epochs")
-            if done_epochs != row["epochs"]:
-                raise ValueError(f"{result_path} finished with {done_epochs} epoch(s), this config asks "
-                                 f"for {row['epochs']}: use another out_dir (results are never mixed)")
+            _check_finished(result_path, row)
             print(f"{status}: done earlier, skipped", flush=True)
             continue
         while len(running) >= workers:

@@ -33,8 +33,9 @@ draws), which is the whole model's posterior as the first block sees it:
 geometry, the head on ``z_1 ~ q(z_1 | y)``, and ``denoiser_acc_t<t>``, the argmax
 accuracy of the denoiser's logits given ``z_t ~ q(z_t | y)`` at a few ``t``; at
 ``t = 0`` z carries no label, so it is the image path's accuracy on its own.  The
-CLI reads CT checkpoints too (the row's options from the benchmark's
-``config.json`` beside ``checkpoints/``; validation split always).
+CLI reads CT checkpoints too (the row's options from its finished record in
+``rows/``, else the benchmark's ``config.json``, beside ``checkpoints/``; validation
+split always).
 """
 from __future__ import annotations
 
@@ -127,22 +128,27 @@ def _model_from_checkpoint(path: Path, splits: Callable[[], object] | None = Non
                            ) -> NoPropDT | NoPropCT:
     """The model of a benchmark checkpoint (its selected epoch's weights).
 
-    NoProp-DT is rebuilt from the weights' shapes; NoProp-CT from its row in the
-    benchmark's ``config.json`` (``<out_dir>/checkpoints/<row>_seed<k>.pt``) and the
-    data splits, which ``splits()`` returns (called only for CT).
+    NoProp-DT is rebuilt from the weights' shapes; NoProp-CT from the row it ran
+    (``<out_dir>/rows/<row>_seed<k>.json`` once finished, else the benchmark's
+    ``config.json``, for ``<out_dir>/checkpoints/<row>_seed<k>.pt``) and the data
+    splits, which ``splits()`` returns (called only for CT).
     """
     ck = safe_load(path, "NoProp checkpoint")
     state = ck["best_state"] or ck["model"]
     if "schedule.w1" in state:
         from diffpolicy.noprop.bench import build_model
-        config = path.resolve().parent.parent / "config.json"
-        if not config.exists():
-            raise FileNotFoundError(f"{path}: a NoProp-CT checkpoint needs its benchmark's {config}")
-        row_name = path.stem.rsplit("_seed", 1)[0]
-        rows = [r for r in json.loads(config.read_text())["rows"] if r["name"] == row_name]
-        if not rows:
-            raise ValueError(f"{path}: no row {row_name!r} in {config}")
-        model = build_model(rows[0], splits())
+        out_dir = path.resolve().parent.parent
+        finished, config = out_dir / "rows" / f"{path.stem}.json", out_dir / "config.json"
+        ran = (json.loads(finished.read_text()).get("config") or {}).get("row") if finished.exists() else None
+        if ran is None:                          # unfinished, or finished before rows kept their config
+            if not config.exists():
+                raise FileNotFoundError(f"{path}: a NoProp-CT checkpoint needs its benchmark's {config}")
+            row_name = path.stem.rsplit("_seed", 1)[0]
+            rows = [r for r in json.loads(config.read_text())["rows"] if r["name"] == row_name]
+            if not rows:
+                raise ValueError(f"{path}: no row {row_name!r} in {config}")
+            ran = rows[0]
+        model = build_model(ran, splits())
     else:
         w = state["embed.weight"]
         n_classes, d = w.shape

@@ -77,6 +77,14 @@ def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, caps
     assert capsys.readouterr().out.count("done earlier, skipped") == 2
     with pytest.raises(ValueError, match="finished with 1 epoch"):
         main(args + ["epochs=2"])                  # never mixes runs of another length
+    # each finished row keeps the command it ran under (config.json holds the latest command's)
+    assert run["config"]["row"] == load_config("quick")["rows"][0]
+    assert run["config"]["only"] == ["noprop-dt", "backprop-resnet18"] and run["config"]["threads"] == 1
+    from diffpolicy.noprop.bench import run_table
+    cfg = load_config("quick", args[1:])
+    cfg["rows"][0]["eta"] = 0.5
+    with pytest.raises(ValueError, match=r"other settings for row 'noprop-dt' \(eta: 0.1 there, 0.5 here\)"):
+        run_table(cfg)                             # ... nor runs of other row settings
 
 
 def test_summary_reports_mean_and_standard_deviation():

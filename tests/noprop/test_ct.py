@@ -335,7 +335,7 @@ def test_schedule_diagnostics_weights_sum_to_one_and_match_the_snr():
 def test_ct_diagnostics_read_the_denoiser_by_t_and_load_from_a_benchmark_checkpoint(tmp_path):
     """A denoiser whose logits ignore x, z and t (last layer zeroed, bias fixed) is right on
     exactly the examples of its favourite class at every t; one-hot embeddings have norm 1
-    and pairs sqrt(2) apart; the CLI route rebuilds the row from the benchmark's config.json."""
+    and pairs sqrt(2) apart; the CLI route rebuilds the row from the benchmark's config.json or the finished row's record."""
     import json
     from types import SimpleNamespace
     from diffpolicy.noprop.diagnose import _model_from_checkpoint, ct_diagnostics
@@ -361,3 +361,9 @@ def test_ct_diagnostics_read_the_denoiser_by_t_and_load_from_a_benchmark_checkpo
     (tmp_path / "config.json").write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="no row 'ct-x'"):
         _model_from_checkpoint(path, lambda: SimpleNamespace(n_classes=4))
+    # a finished row is rebuilt from the settings it ran (its rows/ record), whatever config.json
+    # the latest command in that out_dir wrote
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "ct-x_seed0.json").write_text(json.dumps({"config": {"row": row}}))
+    loaded = _model_from_checkpoint(path, lambda: SimpleNamespace(n_classes=4))
+    assert ct_diagnostics(loaded, x, y, ts=(0.0, 1.0), n_per_class=50, batch=4) == d
