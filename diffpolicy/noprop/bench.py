@@ -167,13 +167,19 @@ def command_config(cfg: dict, row: dict) -> dict:
     return {**{k: v for k, v in cfg.items() if k != "rows"}, "row": row}
 
 
+def row_ran(done: dict) -> dict | None:
+    """The row settings a finished (row, seed) record ran under (``command_config``); None for
+    records written before rows kept them."""
+    return (done.get("config") or {}).get("row")
+
+
 def _check_finished(result_path: Path, row: dict) -> None:
     """Refuse to count a finished (row, seed) that ran other row settings than ``row``."""
     done = json.loads(result_path.read_text())
     if done.get("epochs") != row["epochs"]:
         raise ValueError(f"{result_path} finished with {done.get('epochs')} epoch(s), this config asks "
                          f"for {row['epochs']}: use another out_dir (results are never mixed)")
-    ran = (done.get("config") or {}).get("row")       # not recorded by runs from before
+    ran = row_ran(done)
     if ran is not None and ran != row:
         keys = sorted(k for k in set(ran) | set(row) if ran.get(k) != row.get(k))
         raise ValueError(f"{result_path} finished with other settings for row {row['name']!r} "

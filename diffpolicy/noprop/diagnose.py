@@ -137,18 +137,7 @@ def _model_from_checkpoint(path: Path, splits: Callable[[], object] | None = Non
     state = ck["best_state"] or ck["model"]
     if "schedule.w1" in state:
         from diffpolicy.noprop.bench import build_model
-        out_dir = path.resolve().parent.parent
-        finished, config = out_dir / "rows" / f"{path.stem}.json", out_dir / "config.json"
-        ran = (json.loads(finished.read_text()).get("config") or {}).get("row") if finished.exists() else None
-        if ran is None:                          # unfinished, or finished before rows kept their config
-            if not config.exists():
-                raise FileNotFoundError(f"{path}: a NoProp-CT checkpoint needs its benchmark's {config}")
-            row_name = path.stem.rsplit("_seed", 1)[0]
-            rows = [r for r in json.loads(config.read_text())["rows"] if r["name"] == row_name]
-            if not rows:
-                raise ValueError(f"{path}: no row {row_name!r} in {config}")
-            ran = rows[0]
-        model = build_model(ran, splits())
+        model = build_model(_benchmark_row(path), splits())
     else:
         w = state["embed.weight"]
         n_classes, d = w.shape
@@ -158,6 +147,24 @@ def _model_from_checkpoint(path: Path, splits: Callable[[], object] | None = Non
                          embed_dim=d)
     model.load_state_dict(state)
     return model
+
+
+def _benchmark_row(path: Path) -> dict:
+    """The row a benchmark checkpoint ``<out_dir>/checkpoints/<row>_seed<k>.pt`` ran: its
+    finished record's, else (unfinished, or finished before records kept it) ``config.json``'s."""
+    from diffpolicy.noprop.bench import row_ran
+    out_dir = path.resolve().parent.parent
+    finished, config = out_dir / "rows" / f"{path.stem}.json", out_dir / "config.json"
+    ran = row_ran(json.loads(finished.read_text())) if finished.exists() else None
+    if ran is not None:
+        return ran
+    if not config.exists():
+        raise FileNotFoundError(f"{path}: a NoProp-CT checkpoint needs its benchmark's {config}")
+    row_name = path.stem.rsplit("_seed", 1)[0]
+    rows = [r for r in json.loads(config.read_text())["rows"] if r["name"] == row_name]
+    if not rows:
+        raise ValueError(f"{path}: no row {row_name!r} in {config}")
+    return rows[0]
 
 
 def main(argv: list[str] | None = None) -> int:
