@@ -44,6 +44,7 @@ from diffpolicy.noprop.diagnose import latent_diagnostics
 from diffpolicy.noprop.dt import NoPropDT
 from diffpolicy.noprop.embeddings import class_medoids
 from diffpolicy.noprop.fm import NoPropFM
+from diffpolicy.noprop.lifeline import ParentEnded, end_with_parent
 from diffpolicy.noprop.memory import training_step_memory
 from diffpolicy.noprop.parallel import share
 from diffpolicy.noprop.train import TrainConfig, fit
@@ -188,9 +189,12 @@ def _check_finished(result_path: Path, row: dict) -> None:
 
 
 def _child(row: dict, seed: int, cfg: dict, out_dir: str, result_path: str) -> None:
+    end_with_parent()          # the table command killed alone: this row stops too, resumable
     try:
         res = run_row(row, seed, cfg, Path(out_dir))
         Path(result_path).write_text(json.dumps(res, indent=1))
+    except ParentEnded:        # said why on stderr already; the checkpoint stays for a rerun
+        sys.exit(1)
     except Exception:
         traceback.print_exc()
         sys.exit(1)

@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from diffpolicy.noprop.dt import NoPropDT
+from diffpolicy.noprop.lifeline import end_with_parent
 
 
 # How long a rank waits for the others at a collective: rank 0 validates and checkpoints
@@ -174,6 +175,7 @@ def _epoch_report(runner, stats: dict) -> dict:
 def _helper(rank: int, world_size: int, init_method: str, model: NoPropDT, cfg, x: torch.Tensor,
             y: torch.Tensor, state: dict | None, threads: int, runner: type) -> None:
     """Ranks 1..n-1: train this rank's share for each epoch rank 0 announces; ``None`` stops."""
+    end_with_parent()          # rank 0 killed alone: this helper stops too
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
                             timeout=TIMEOUT)
     try:
