@@ -280,13 +280,22 @@ def run_table(cfg: dict) -> list[dict]:
             result_path.write_text(json.dumps(run_row(row, seed, cfg, out_dir), indent=1))
     while running:
         reap()
-    results = [json.loads(p.read_text()) for p in sorted((out_dir / "rows").glob("*.json"))]
-    order = {r["name"]: i for i, r in enumerate(cfg["rows"])}
-    results = sorted([r for r in results if r["row"] in order], key=lambda r: (order[r["row"]], r["seed"]))
-    write_outputs(results, cfg, out_dir)
+    results = write_report(cfg)
     (out_dir / "progress.txt").write_text(f"finished {time.ctime()}; failed: {failed or 'none'}\n")
     if failed:
         raise RuntimeError(f"rows failed: {', '.join(failed)} (finished rows are saved; rerun to retry)")
+    return results
+
+
+def write_report(cfg: dict) -> list[dict]:
+    """Write the table, JSON and plot from every finished (row, seed) in ``out_dir`` whose row
+    the config names (all its seeds, not only ``seeds``); train nothing.  Also the command
+    ``diffpolicy-noprop --report``, e.g. while other rows of the same out_dir still train."""
+    out_dir = Path(cfg["out_dir"])
+    order = {r["name"]: i for i, r in enumerate(cfg["rows"])}
+    results = [json.loads(p.read_text()) for p in sorted((out_dir / "rows").glob("*.json"))]
+    results = sorted([r for r in results if r["row"] in order], key=lambda r: (order[r["row"]], r["seed"]))
+    write_outputs(results, cfg, out_dir)
     return results
 
 
@@ -341,6 +350,24 @@ def _sampling_sd(rs: list[dict], mode: str) -> float | None:
     return sum(sds) / len(sds) if sds else None
 
 
+# What makes a run's time per epoch comparable with another's: (label, how to read it).
+EXECUTION = (("block_workers", lambda r: r.get("block_workers")), ("threads", lambda r: r.get("threads")),
+             ("precision", lambda r: r.get("precision")), ("layout", lambda r: r.get("layout")),
+             ("device", lambda r: (r.get("machine") or {}).get("device")),
+             ("cpu", lambda r: (r.get("machine") or {}).get("cpu_model")))
+
+
+def execution_differences(rs: list[dict]) -> list[str]:
+    """How the seeds of one row ran differently, e.g. ``["block_workers 2 / 1"]``: their times
+    per epoch are then listed per seed, not averaged."""
+    out = []
+    for label, get in EXECUTION:
+        values = [get(r) for r in rs]
+        if len(set(map(str, values))) > 1:
+            out.append(f"{label} {' / '.join(map(str, values))}")
+    return out
+
+
 def summarise(results: list[dict]) -> list[dict]:
     """One line per row: means (and standard deviations) over seeds."""
     lines = []
@@ -357,6 +384,8 @@ def summarise(results: list[dict]) -> list[dict]:
             "sampling_sd": {m: _sampling_sd(rs, m) for m in first["test_acc"]},
             "val_acc": _mean_sd([100 * r["val_acc"] for r in rs]),
             "seconds_per_epoch": _mean_sd([r["seconds_per_epoch"] for r in rs]),
+            "seconds_per_epoch_by_seed": [r["seconds_per_epoch"] for r in rs],
+            "execution_differs": execution_differences(rs),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
             "train_memory": max(memory, key=lambda m: m["peak_mb"]) if memory else None,
             "block_schedule": first.get("block_schedule"),
@@ -371,7 +400,15 @@ def _fmt(ms: tuple[float, float | None], digits: int = 2) -> str:
     return f"{m:.{digits}f}" if sd is None else f"{m:.{digits}f} ± {sd:.{digits}f}"
 
 
-def markdown_table(lines: list[dict], cfg: dict) -> str:
+def _seeds_note(lines: list[dict]) -> str:
+    """The training seeds behind the table: one list, or per row where rows differ."""
+    by_row = {ln["row"]: ", ".join(map(str, ln["seeds"])) for ln in lines}
+    if len(set(by_row.values())) == 1:
+        return f"Training seeds: {next(iter(by_row.values()))}"
+    return "Training seeds: " + "; ".join(f"{row} {seeds}" for row, seeds in by_row.items())
+
+
+def markdown_table(lines: list[dict]) -> str:
     head = ("| Row | Method | Backbone | Epochs | Test acc. % (stochastic) | Test acc. % "
             "(deterministic) | Train time / epoch (s) | Peak train-step memory (MB) | of which "
             "activations (MB) | Peak RSS (MB) | Inference, test set (s) |")
@@ -386,8 +423,12 @@ def markdown_table(lines: list[dict], cfg: dict) -> str:
         mem = ln.get("train_memory")
         step_mem = (f"{mem['peak_mb']:.0f}", f"{mem['activations_mb']:.0f}") if mem else ("-", "-")
         inf = _fmt(ln["infer_seconds"]["deterministic"], 1)
+        per_epoch = _fmt(ln["seconds_per_epoch"], 0)
+        if ln.get("execution_differs"):          # not comparable: one figure per seed
+            per_epoch = (" / ".join(f"{t:.0f}" for t in ln["seconds_per_epoch_by_seed"])
+                         + f" (per seed; {', '.join(ln['execution_differs'])})")
         out.append(f"| {ln['row']} | {ln['method']} | {ln['backbone']} | {ln['epochs']} | {sto} | "
-                   f"{det} | {_fmt(ln['seconds_per_epoch'], 0)} | {step_mem[0]} | {step_mem[1]} | "
+                   f"{det} | {per_epoch} | {step_mem[0]} | {step_mem[1]} | "
                    f"{ln['peak_rss_mb']:.0f} | {inf} |")
     n = lines[0] if lines else {"n_train": "?", "n_test": "?"}
     out += ["", f"Fashion-MNIST: {n['n_train']} training images (validation split carved from the "
@@ -395,7 +436,7 @@ def markdown_table(lines: list[dict], cfg: dict) -> str:
             "the selected model. One epoch = every block sees every training example once (one pass "
             "when NoProp-DT trains all T blocks on each batch, T passes when it trains one), so time "
             "per epoch compares like with like. "
-            f"Seeds: {cfg['seeds']} (mean ± s.d. over seeds where more than one). 'Stochastic' is "
+            f"{_seeds_note(lines)} (mean ± s.d. over seeds where more than one). 'Stochastic' is "
             "the paper's inference (z_0 ~ N(0, I), sqrt(c_t) noise each step), averaged over "
             "sampling runs (their s.d. in brackets); 'deterministic' starts from z_0 = 0 with no "
             "noise. NoProp-CT infers with 1000 steps, NoProp-DT with T steps. Train-step memory: "
@@ -407,7 +448,7 @@ def markdown_table(lines: list[dict], cfg: dict) -> str:
 
 def write_outputs(results: list[dict], cfg: dict, out_dir: Path) -> None:
     lines = summarise(results)
-    md = markdown_table(lines, cfg) if lines else "No rows finished.\n"
+    md = markdown_table(lines) if lines else "No rows finished.\n"
     (out_dir / "results.md").write_text(md)
     walls = [r.get("wall_seconds", 0.0) for r in results]
     wall = sum(walls)

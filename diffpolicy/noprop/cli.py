@@ -4,6 +4,7 @@
     diffpolicy-noprop --quick              # subset, one epoch: a smoke run (tests use it)
     diffpolicy-noprop --config gpu         # paper_table on a CUDA GPU (gpu_long: the papers' epochs)
     diffpolicy-noprop out_dir=runs/x seeds=[0,1,2] 'only=[noprop-dt]'   # Hydra overrides
+    diffpolicy-noprop --config dt_long out_dir=runs/x --report   # the table from finished rows only
 
 Finished rows are saved as they complete; rerunning the same command resumes.
 """
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None,
                         help="config name in configs/noprop (bench, quick, paper_table, gpu, gpu_long, ...)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--report", action="store_true",
+                        help="write results.md/json and the plot from the rows finished in out_dir; train nothing")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. out_dir=runs/x seeds=[0,1]")
     args = parser.parse_args(argv)
     if args.quick and args.config:
@@ -45,12 +48,18 @@ def main(argv: list[str] | None = None) -> int:
         import json
         print(json.dumps(cfg, indent=1))
         return 0
-    from diffpolicy.noprop.bench import check_config, run_table
+    from diffpolicy.noprop.bench import check_config, run_table, write_report
     try:
         check_config(cfg)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.report:
+        if not (Path(cfg["out_dir"]) / "rows").is_dir():
+            print(f"error: {cfg['out_dir']} has no finished rows (no rows/ folder)", file=sys.stderr)
+            return 2
+        write_report(cfg)
+        return 0
     run_table(cfg)
     return 0
 

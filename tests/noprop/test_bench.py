@@ -85,6 +85,16 @@ def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, caps
     cfg["rows"][0]["eta"] = 0.5
     with pytest.raises(ValueError, match=r"other settings for row 'noprop-dt' \(eta: 0.1 there, 0.5 here\)"):
         run_table(cfg)                             # ... nor runs of other row settings
+    (out / "results.md").unlink()
+    moved = json.loads((out / "rows" / "backprop-resnet18_seed0.json").read_text())
+    (out / "rows" / "backprop-resnet18_seed1.json").write_text(json.dumps(dict(moved, seed=1)))
+    (out / "rows" / "backprop-resnet18_seed0.json").unlink()      # as if only seed 1 had run
+    capsys.readouterr()
+    assert main(args + ["--report"]) == 0          # the table from the finished rows, nothing trained
+    report = capsys.readouterr().out
+    assert "done earlier" not in report and "epoch(s)" not in report
+    assert "Training seeds: noprop-dt 0; backprop-resnet18 1" in (out / "results.md").read_text()
+    assert main(["--quick", "--report", f"out_dir={tmp_path / 'none'}"]) == 2
 
 
 def test_summary_reports_mean_and_standard_deviation():
@@ -97,14 +107,31 @@ def test_summary_reports_mean_and_standard_deviation():
     m, sd = lines[0]["test_acc"]["deterministic"]
     assert abs(m - 91.0) < 1e-9 and abs(sd - 2 ** 0.5) < 1e-9
     assert lines[0]["test_acc_by_seed"]["deterministic"] == pytest.approx([90.0, 92.0])
-    assert "91.00 ± 1.41" in markdown_table(lines, {"seeds": [0, 1]})
+    assert "91.00 ± 1.41" in markdown_table(lines)
     stochastic = [dict(run(i, 0.9), test_acc={"deterministic": 0.9, "stochastic": acc},
                        test_acc_runs={"stochastic": runs}) for i, (acc, runs) in
                   enumerate([(0.85, [0.84, 0.86]), (0.87, [0.87, 0.87])])]
     line = summarise(stochastic)[0]
     assert line["sampling_sd"]["stochastic"] == pytest.approx((100 * 0.02 / 2 ** 0.5 + 0) / 2)
     assert line["sampling_sd_by_seed"]["stochastic"] == pytest.approx([100 * 0.02 / 2 ** 0.5, 0])
-    assert "86.00 ± 1.41 (sampling s.d. 0.71)" in markdown_table([line], {"seeds": [0, 1]})
+    assert "86.00 ± 1.41 (sampling s.d. 0.71)" in markdown_table([line])
+    assert "| 10 ± 0 |" in markdown_table([line])
+    assert "Training seeds: 0, 1 (mean" in markdown_table([line])
+    other = dict(line, row="q", seeds=[0])
+    assert "Training seeds: r 0, 1; q 0 (mean" in markdown_table([line, other])
+
+
+def test_seeds_run_differently_list_their_time_per_epoch_apart():
+    def run(seed, workers, seconds):
+        return {"row": "r", "method": "NoProp-DT", "backbone": "paper CNN", "epochs": 1, "seed": seed,
+                "test_acc": {"deterministic": 0.9}, "val_acc": 0.9, "seconds_per_epoch": seconds,
+                "peak_rss_mb": 100.0, "infer_seconds": {"deterministic": 1.0}, "n_test": 10,
+                "n_train": 10, "params": 1, "history": [{"val_acc": 0.9}], "block_workers": workers,
+                "threads": 1, "machine": {"device": "cpu", "cpu_model": "AMD EPYC"}}
+    line = summarise([run(0, 2, 274.4), run(1, 1, 460.2)])[0]
+    assert line["execution_differs"] == ["block_workers 2 / 1"]
+    assert "| 274 / 460 (per seed; block_workers 2 / 1) |" in markdown_table([line])
+    assert summarise([run(0, 2, 274.4), run(1, 2, 280.0)])[0]["execution_differs"] == []
 
 
 def test_print_config(capsys):
