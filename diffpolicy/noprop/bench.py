@@ -289,12 +289,19 @@ def run_table(cfg: dict) -> list[dict]:
 
 def write_report(cfg: dict) -> list[dict]:
     """Write the table, JSON and plot from every finished (row, seed) in ``out_dir`` whose row
-    the config names (all its seeds, not only ``seeds``); train nothing.  Also the command
+    the config names (all its seeds, not only ``seeds``), refusing one that ran other row
+    settings; train nothing.  Also the command
     ``diffpolicy-noprop --report``, e.g. while other rows of the same out_dir still train."""
     out_dir = Path(cfg["out_dir"])
-    order = {r["name"]: i for i, r in enumerate(cfg["rows"])}
-    results = [json.loads(p.read_text()) for p in sorted((out_dir / "rows").glob("*.json"))]
-    results = sorted([r for r in results if r["row"] in order], key=lambda r: (order[r["row"]], r["seed"]))
+    rows = {r["name"]: dict(r, epochs=cfg["epochs"]) if cfg.get("epochs") else r for r in cfg["rows"]}
+    order = {name: i for i, name in enumerate(rows)}
+    results = []
+    for path in sorted((out_dir / "rows").glob("*.json")):
+        done = json.loads(path.read_text())
+        if done["row"] in rows:
+            _check_finished(path, rows[done["row"]])      # a row run with other settings: refused
+            results.append(done)
+    results.sort(key=lambda r: (order[r["row"]], r["seed"]))
     write_outputs(results, cfg, out_dir)
     return results
 

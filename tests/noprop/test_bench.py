@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from diffpolicy.noprop.bench import build_model, markdown_table, row_train_config, summarise
+from diffpolicy.noprop.bench import (build_model, markdown_table, row_train_config, run_table, summarise,
+                                     write_report)
 from diffpolicy.noprop.cli import load_config, main
 
 
@@ -80,7 +81,6 @@ def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, caps
     # each finished row keeps the command it ran under (config.json holds the latest command's)
     assert run["config"]["row"] == load_config("quick")["rows"][0]
     assert run["config"]["only"] == ["noprop-dt", "backprop-resnet18"] and run["config"]["threads"] == 1
-    from diffpolicy.noprop.bench import run_table
     cfg = load_config("quick", args[1:])
     cfg["rows"][0]["eta"] = 0.5
     with pytest.raises(ValueError, match=r"other settings for row 'noprop-dt' \(eta: 0.1 there, 0.5 here\)"):
@@ -95,6 +95,8 @@ def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, caps
     assert "done earlier" not in report and "epoch(s)" not in report
     assert "Training seeds: noprop-dt 0; backprop-resnet18 1" in (out / "results.md").read_text()
     assert main(["--quick", "--report", f"out_dir={tmp_path / 'none'}"]) == 2
+    with pytest.raises(ValueError, match=r"other settings for row 'noprop-dt' \(eta: 0.1 there, 0.5 here\)"):
+        write_report(cfg)                          # never reports a row run another way
 
 
 def test_summary_reports_mean_and_standard_deviation():
@@ -234,7 +236,6 @@ def test_scheduled_seconds_starts_each_job_on_the_first_free_slot():
 
 
 def test_a_failing_row_is_reported_and_the_others_finish(fmnist_root, tmp_path, capsys):
-    from diffpolicy.noprop.bench import run_table
     cfg = load_config("quick", [f"out_dir={tmp_path / 'fail'}", "workers=2", "data.train_subset=64",
                                 "data.val_size=64", "data.test_subset=64", "train.max_steps_per_epoch=1",
                                 f"data.root={fmnist_root}"])
