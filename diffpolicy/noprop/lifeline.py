@@ -25,7 +25,9 @@ import threading
 import time
 
 
-STOP_SIGNAL = signal.SIGUSR1
+# None where the platform has no SIGUSR1 or pthread_kill (Windows): the child then exits at
+# once when its parent ends, without unwinding (the last epoch's checkpoint is still whole).
+STOP_SIGNAL = getattr(signal, "SIGUSR1", None) if hasattr(signal, "pthread_kill") else None
 
 
 class ParentEnded(KeyboardInterrupt):
@@ -43,14 +45,16 @@ def end_with_parent(grace_s: float = 60.0) -> bool:
     parent = mp.parent_process()
     if parent is None or parent.sentinel is None:
         return False
-    signal.signal(STOP_SIGNAL, _raise_parent_ended)
+    if STOP_SIGNAL is not None:
+        signal.signal(STOP_SIGNAL, _raise_parent_ended)
 
     def watch() -> None:
         mp_connection.wait([parent.sentinel])
         print(f"[pid {os.getpid()}] the process that started this one (pid {parent.pid}) ended: "
               "stopping; a rerun resumes from the last finished epoch", file=sys.stderr, flush=True)
-        signal.pthread_kill(threading.main_thread().ident, STOP_SIGNAL)
-        time.sleep(grace_s)
+        if STOP_SIGNAL is not None:
+            signal.pthread_kill(threading.main_thread().ident, STOP_SIGNAL)
+            time.sleep(grace_s)
         os._exit(1)
 
     threading.Thread(target=watch, name="end-with-parent", daemon=True).start()

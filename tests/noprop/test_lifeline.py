@@ -19,12 +19,14 @@ from diffpolicy.noprop.lifeline import end_with_parent
 SCRIPT = textwrap.dedent("""
     import multiprocessing as mp, os, signal, sys, time
     from pathlib import Path
-    from diffpolicy.noprop.lifeline import STOP_SIGNAL, end_with_parent
+    from diffpolicy.noprop import lifeline
 
-    def child(out, stuck):
-        assert end_with_parent(grace_s=3.0)
-        if stuck:               # as a main thread inside a long C call: the signal never lands
-            signal.signal(STOP_SIGNAL, signal.SIG_IGN)
+    def child(out, mode):
+        if mode == "no-signal":     # as on a platform without SIGUSR1 (Windows)
+            lifeline.STOP_SIGNAL = None
+        assert lifeline.end_with_parent(grace_s=5.0)
+        if mode == "stuck":         # as a main thread inside a long C call: the signal never lands
+            signal.signal(lifeline.STOP_SIGNAL, signal.SIG_IGN)
         Path(out, "child.pid").write_text(str(os.getpid()))
         try:
             time.sleep(300)
@@ -33,7 +35,7 @@ SCRIPT = textwrap.dedent("""
             raise
 
     if __name__ == "__main__":
-        p = mp.get_context("spawn").Process(target=child, args=(sys.argv[1], sys.argv[2] == "1"))
+        p = mp.get_context("spawn").Process(target=child, args=(sys.argv[1], sys.argv[2]))
         p.start()
         p.join()
 """)
@@ -48,11 +50,11 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _kill_parent_and_wait(tmp_path: Path, stuck: bool) -> float:
+def _kill_parent_and_wait(tmp_path: Path, mode: str) -> float:
     """Seconds the child lived after its parent got SIGKILL."""
     script = tmp_path / "parent.py"
     script.write_text(SCRIPT)
-    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path), "1" if stuck else "0"],
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path), mode],
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     pid_file = tmp_path / "child.pid"
     try:
@@ -79,15 +81,21 @@ def _kill_parent_and_wait(tmp_path: Path, stuck: bool) -> float:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_child_is_interrupted_when_its_parent_is_killed(tmp_path):
-    _kill_parent_and_wait(tmp_path, stuck=False)
+    _kill_parent_and_wait(tmp_path, "unwind")
     assert (tmp_path / "interrupted").exists()          # unwound as on Ctrl-C
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_child_that_cannot_unwind_still_exits_after_the_grace_period(tmp_path):
-    lived = _kill_parent_and_wait(tmp_path, stuck=True)
+    lived = _kill_parent_and_wait(tmp_path, "stuck")
     assert not (tmp_path / "interrupted").exists()
-    assert lived > 2.0                                  # it waited out grace_s=3 (less the poll)
+    assert lived > 4.0                                  # it waited out grace_s=5 (less the poll)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_without_a_stop_signal_the_child_exits_at_once(tmp_path):
+    lived = _kill_parent_and_wait(tmp_path, "no-signal")
+    assert not (tmp_path / "interrupted").exists() and lived < 3.0   # no grace period
 
 
 def test_nothing_to_watch_outside_multiprocessing():
