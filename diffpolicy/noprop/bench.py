@@ -174,9 +174,9 @@ def row_ran(done: dict) -> dict | None:
     return (done.get("config") or {}).get("row")
 
 
-def _check_finished(result_path: Path, row: dict) -> None:
-    """Refuse to count a finished (row, seed) that ran other row settings than ``row``."""
-    done = json.loads(result_path.read_text())
+def _check_finished(done: dict, result_path: Path, row: dict) -> None:
+    """Refuse to count a finished (row, seed) record ``done``, read from ``result_path``, that
+    ran other row settings than ``row``."""
     if done.get("epochs") != row["epochs"]:
         raise ValueError(f"{result_path} finished with {done.get('epochs')} epoch(s), this config asks "
                          f"for {row['epochs']}: use another out_dir (results are never mixed)")
@@ -238,8 +238,7 @@ def run_table(cfg: dict) -> list[dict]:
     out_dir = Path(cfg["out_dir"])
     (out_dir / "rows").mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))   # this command's; see command_config
-    rows = [dict(r, epochs=cfg["epochs"]) if cfg.get("epochs") else r
-            for r in cfg["rows"] if not cfg.get("only") or r["name"] in cfg["only"]]
+    rows = [r for r in _table_rows(cfg) if not cfg.get("only") or r["name"] in cfg["only"]]
     jobs = [(r, s) for r in rows for s in cfg["seeds"]]
     workers = _workers(cfg)
     failed = []
@@ -262,7 +261,7 @@ def run_table(cfg: dict) -> list[dict]:
         label = f"{row['name']} seed {seed}"
         status = f"[{i + 1}/{len(jobs)}] {label}"
         if result_path.exists():
-            _check_finished(result_path, row)
+            _check_finished(json.loads(result_path.read_text()), result_path, row)
             print(f"{status}: done earlier, skipped", flush=True)
             continue
         while len(running) >= workers:
@@ -290,20 +289,25 @@ def run_table(cfg: dict) -> list[dict]:
 def write_report(cfg: dict) -> list[dict]:
     """Write the table, JSON and plot from every finished (row, seed) in ``out_dir`` whose row
     the config names (all its seeds, not only ``seeds``), refusing one that ran other row
-    settings; train nothing.  Also the command
-    ``diffpolicy-noprop --report``, e.g. while other rows of the same out_dir still train."""
+    settings; train nothing.  Also the command ``diffpolicy-noprop --report``, e.g. while
+    other rows of the same out_dir still train."""
     out_dir = Path(cfg["out_dir"])
-    rows = {r["name"]: dict(r, epochs=cfg["epochs"]) if cfg.get("epochs") else r for r in cfg["rows"]}
+    rows = {r["name"]: r for r in _table_rows(cfg)}
     order = {name: i for i, name in enumerate(rows)}
     results = []
     for path in sorted((out_dir / "rows").glob("*.json")):
         done = json.loads(path.read_text())
         if done["row"] in rows:
-            _check_finished(path, rows[done["row"]])      # a row run with other settings: refused
+            _check_finished(done, path, rows[done["row"]])   # a row run with other settings: refused
             results.append(done)
     results.sort(key=lambda r: (order[r["row"]], r["seed"]))
     write_outputs(results, cfg, out_dir)
     return results
+
+
+def _table_rows(cfg: dict) -> list[dict]:
+    """The config's rows as they run: a top-level ``epochs`` overrides each row's."""
+    return [dict(r, epochs=cfg["epochs"]) if cfg.get("epochs") else r for r in cfg["rows"]]
 
 
 def _workers(cfg: dict) -> int:
