@@ -305,6 +305,50 @@ def write_report(cfg: dict) -> list[dict]:
     return results
 
 
+def restore_rows(cfg: dict, source: Path) -> list[str]:
+    """Write each finished (row, seed) record kept in a saved ``results.json`` (its ``runs``, e.g.
+    a committed ``docs/results/<table>/results.json``) into ``out_dir/rows``, so that a table
+    resumes on another machine from the rows it finished; returns the labels written.
+
+    Every record is checked before anything is written: one that ran other row settings than
+    the config's is refused (``_check_finished``), as is one whose ``rows/<row>_seed<k>.json``
+    already holds another record (never overwritten); an identical one is left as it is.
+    Records of rows the config does not name are skipped (and said so)."""
+    source = Path(source)
+    try:
+        runs = json.loads(source.read_text()).get("runs")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ValueError(f"cannot restore rows from {source}: not a readable results.json ({exc})") from exc
+    if not isinstance(runs, list):
+        raise ValueError(f"cannot restore rows from {source}: it has no 'runs' list (a table's results.json has)")
+    rows = {r["name"]: r for r in _table_rows(cfg)}
+    rows_dir = Path(cfg["out_dir"]) / "rows"
+    writes = []
+    for i, done in enumerate(runs):
+        if not (isinstance(done, dict) and isinstance(done.get("row"), str)
+                and isinstance(done.get("seed"), int) and isinstance(done.get("test_acc"), dict)):
+            raise ValueError(f"cannot restore rows from {source}: runs[{i}] is not a finished row record "
+                             "(it needs 'row', 'seed' and 'test_acc')")
+        if done["row"] not in rows:
+            print(f"{done['row']} seed {done['seed']}: not a row of this config, skipped", flush=True)
+            continue
+        path = rows_dir / f"{done['row']}_seed{done['seed']}.json"
+        _check_finished(done, source, rows[done["row"]])
+        if path.exists():
+            if json.loads(path.read_text()) != done:
+                raise ValueError(f"{path} already holds another record of {done['row']} seed {done['seed']} "
+                                 f"than {source}: not overwritten (move one of them away)")
+            continue
+        writes.append((path, done))
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    for path, done in writes:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(done, indent=1))
+        tmp.replace(path)
+        print(f"{done['row']} seed {done['seed']}: restored from {source}", flush=True)
+    return [f"{done['row']} seed {done['seed']}" for _, done in writes]
+
+
 def _table_rows(cfg: dict) -> list[dict]:
     """The config's rows as they run: a top-level ``epochs`` overrides each row's."""
     return [dict(r, epochs=cfg["epochs"]) if cfg.get("epochs") else r for r in cfg["rows"]]

@@ -5,6 +5,8 @@
     diffpolicy-noprop --config gpu         # paper_table on a CUDA GPU (gpu_long: the papers' epochs)
     diffpolicy-noprop out_dir=runs/x seeds=[0,1,2] 'only=[noprop-dt]'   # Hydra overrides
     diffpolicy-noprop --config dt_long out_dir=runs/x --report   # the table from finished rows only
+    diffpolicy-noprop --config paper_table out_dir=runs/x --restore docs/results/noprop_paper_table/results.json
+                                           # resume on another machine from the committed finished rows
 
 Finished rows are saved as they complete; rerunning the same command resumes.
 """
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--report", action="store_true",
                         help="write results.md/json and the plot from the rows finished in out_dir; train nothing")
+    parser.add_argument("--restore", metavar="RESULTS_JSON", type=Path, default=None,
+                        help="first copy the finished rows kept in a saved results.json into out_dir/rows "
+                             "(then train the rest, or only report with --report)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. out_dir=runs/x seeds=[0,1]")
     args = parser.parse_args(argv)
     if args.quick and args.config:
@@ -48,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         import json
         print(json.dumps(cfg, indent=1))
         return 0
-    from diffpolicy.noprop.bench import check_config, run_table, write_report
+    from diffpolicy.noprop.bench import check_config, restore_rows, run_table, write_report
     try:
         check_config(cfg)
+        if args.restore is not None:
+            restore_rows(cfg, args.restore)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

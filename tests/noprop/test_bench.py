@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from diffpolicy.noprop.bench import (build_model, markdown_table, row_train_config, run_table, summarise,
-                                     write_report)
+from diffpolicy.noprop.bench import (build_model, markdown_table, restore_rows, row_train_config, run_table,
+                                     summarise, write_report)
 from diffpolicy.noprop.cli import load_config, main
 
 
@@ -97,6 +97,16 @@ def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, caps
     assert main(["--quick", "--report", f"out_dir={tmp_path / 'none'}"]) == 2
     with pytest.raises(ValueError, match=r"other settings for row 'noprop-dt' \(eta: 0.1 there, 0.5 here\)"):
         write_report(cfg)                          # never reports a row run another way
+    # on another machine: the committed results.json gives back the finished rows, nothing retrains
+    moved_args = [a if not a.startswith("out_dir=") else f"out_dir={tmp_path / 'elsewhere'}" for a in args]
+    capsys.readouterr()
+    assert main(moved_args + ["--report", "--restore", str(out / "results.json")]) == 0
+    assert capsys.readouterr().out.count("restored from") == 2
+    capsys.readouterr()
+    assert main([a for a in moved_args if not a.startswith("only=")] + ["only=[noprop-dt]"]) == 0
+    assert "noprop-dt seed 0: done earlier, skipped" in capsys.readouterr().out   # resumes from it
+    again = json.loads((tmp_path / "elsewhere" / "results.json").read_text())
+    assert again["runs"] == json.loads((out / "results.json").read_text())["runs"]
 
 
 def test_summary_reports_mean_and_standard_deviation():
@@ -257,3 +267,36 @@ def test_covered_seconds_and_bad_workers():
         check_config(dict(cfg, workers=0))
     with pytest.raises(ValueError, match="needs isolate=true"):
         check_config(dict(cfg, workers=2, isolate=False))
+
+
+def test_restoring_rows_checks_every_record_and_never_overwrites(tmp_path, capsys):
+    cfg = load_config("quick", [f"out_dir={tmp_path / 'out'}"])
+    epochs = cfg["rows"][0]["epochs"]
+    record = {"row": "noprop-dt", "seed": 1, "epochs": epochs, "test_acc": {"deterministic": 0.5}}
+    source = tmp_path / "results.json"
+
+    def restore(runs):
+        source.write_text(json.dumps({"runs": runs}))
+        return restore_rows(cfg, source)
+
+    with pytest.raises(ValueError, match="not a readable results.json"):
+        restore_rows(cfg, tmp_path / "missing.json")
+    source.write_text("{oops")
+    with pytest.raises(ValueError, match="not a readable results.json"):
+        restore_rows(cfg, source)
+    source.write_text(json.dumps({"rows": []}))
+    with pytest.raises(ValueError, match="no 'runs' list"):
+        restore_rows(cfg, source)
+    with pytest.raises(ValueError, match=r"runs\[0\] is not a finished row record"):
+        restore([{"row": "noprop-dt", "seed": 0}])
+    with pytest.raises(ValueError, match="finished with 99 epoch"):     # checked before anything is written
+        restore([record, dict(record, seed=2, epochs=99)])
+    assert not (tmp_path / "out" / "rows" / "noprop-dt_seed1.json").exists()
+    assert restore([record, dict(record, row="gone-row")]) == ["noprop-dt seed 1"]
+    assert "gone-row seed 1: not a row of this config, skipped" in capsys.readouterr().out
+    assert restore([record]) == []                                       # identical: left as it is
+    with pytest.raises(ValueError, match="already holds another record of noprop-dt seed 1"):
+        restore([dict(record, test_acc={"deterministic": 0.9})])
+    kept = json.loads((tmp_path / "out" / "rows" / "noprop-dt_seed1.json").read_text())
+    assert kept == record
+    assert main(["--quick", f"out_dir={tmp_path / 'out'}", "--report", "--restore", str(tmp_path / "no.json")]) == 2
