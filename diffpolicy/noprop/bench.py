@@ -386,6 +386,20 @@ def scheduled_seconds(durations: list[float], workers: int) -> float:
     return max(free, default=0.0)
 
 
+def seed_times(results: list[dict], workers: int) -> dict[str, dict]:
+    """Per training seed (``results`` in the config's row order): its finished rows, their summed
+    row time and one uninterrupted run of them ``workers`` at a time (``scheduled_seconds``),
+    with the CPU models they ran on; what "the whole table, one seed" costs."""
+    out = {}
+    for seed in sorted({r["seed"] for r in results}):
+        rs = [r for r in results if r["seed"] == seed]
+        walls = [r.get("wall_seconds", 0.0) for r in rs]
+        out[str(seed)] = {"rows": [r["row"] for r in rs], "wall_seconds": sum(walls),
+                          "scheduled_seconds": scheduled_seconds(walls, workers),
+                          "cpu_models": sorted({str((r.get("machine") or {}).get("cpu_model")) for r in rs})}
+    return out
+
+
 def _write_progress(out_dir: Path, running: list[str]) -> None:
     (out_dir / "progress.txt").write_text("".join(f"{s}\n" for s in running) + f"started {time.ctime()}\n")
 
@@ -406,7 +420,8 @@ def _sampling_sd(rs: list[dict], mode: str) -> float | None:
 
 
 # What makes a run's time per epoch comparable with another's: (label, how to read it).
-EXECUTION = (("block_workers", lambda r: r.get("block_workers")), ("threads", lambda r: r.get("threads")),
+# a record without block_workers predates block-parallel training (04d96db added both): one process
+EXECUTION = (("block_workers", lambda r: r.get("block_workers") or 1), ("threads", lambda r: r.get("threads")),
              ("precision", lambda r: r.get("precision")), ("layout", lambda r: r.get("layout")),
              ("device", lambda r: (r.get("machine") or {}).get("device")),
              ("cpu", lambda r: (r.get("machine") or {}).get("cpu_model")))
@@ -511,15 +526,19 @@ def write_outputs(results: list[dict], cfg: dict, out_dir: Path) -> None:
     span = covered_seconds(timed) if len(timed) == len(results) else None   # None: rows from before
     workers = _workers(cfg)
     scheduled = scheduled_seconds(walls, workers)
+    by_seed = seed_times(results, workers)
     (out_dir / "results.json").write_text(json.dumps(
         {"rows": lines, "runs": results, "table_wall_seconds": wall, "table_span_seconds": span,
-         "table_scheduled_seconds": scheduled, "workers": workers, "threads": cfg.get("threads"),
+         "table_scheduled_seconds": scheduled, "seed_times": by_seed, "workers": workers, "threads": cfg.get("threads"),
          "machine": speed.machine_info(cfg["train"].get("device", "cpu"))}, indent=1))
     print(f"table: {wall / 60:.1f} min of row wall time (each row's data, probe, training and tests), "
           + (f"{span / 60:.1f} min on the clock with {workers} row(s) side by side" if span is not None
              else "clock span not recorded for every row")
           + f"; one uninterrupted run of these rows, {workers} at a time: {scheduled / 60:.1f} min",
           flush=True)
+    for seed, t in by_seed.items():
+        print(f"training seed {seed}: {len(t['rows'])} row(s), {t['wall_seconds'] / 60:.1f} min of row time, "
+              f"{t['scheduled_seconds'] / 60:.1f} min as one run ({', '.join(t['cpu_models'])})", flush=True)
     if lines:
         plot_curves(lines, out_dir / "noprop_curves.png")
     print(md, flush=True)

@@ -62,6 +62,8 @@ def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, caps
     assert saved["table_wall_seconds"] == pytest.approx(sum(r["wall_seconds"] for r in saved["runs"]))
     assert saved["table_wall_seconds"] > 0 and saved["machine"]["cpu_model"]
     assert saved["table_scheduled_seconds"] == pytest.approx(saved["table_wall_seconds"])  # workers 1
+    assert saved["seed_times"]["0"]["rows"] == ["noprop-dt", "backprop-resnet18"]
+    assert saved["seed_times"]["0"]["scheduled_seconds"] == pytest.approx(saved["table_wall_seconds"])
     assert {r["precision"] for r in saved["runs"]} <= {"fp32", "bf16"}         # auto was resolved
     dt = rows[0]
     assert set(dt["test_acc"]) == {"deterministic", "stochastic"} and dt["seconds_per_epoch"][0] > 0
@@ -144,6 +146,10 @@ def test_seeds_run_differently_list_their_time_per_epoch_apart():
     assert line["execution_differs"] == ["block_workers 2 / 1"]
     assert "| 274 / 460 (per seed; block_workers 2 / 1) |" in markdown_table([line])
     assert summarise([run(0, 2, 274.4), run(1, 2, 280.0)])[0]["execution_differs"] == []
+    before = {k: v for k, v in run(2, 1, 455.0).items() if k != "block_workers"}   # recorded before the field
+    assert summarise([run(1, 1, 460.2), before])[0]["execution_differs"] == []
+    elsewhere = dict(run(3, 1, 530.0), machine={"device": "cpu", "cpu_model": "Intel Xeon"})
+    assert summarise([run(1, 1, 460.2), elsewhere])[0]["execution_differs"] == ["cpu AMD EPYC / Intel Xeon"]
 
 
 def test_print_config(capsys):
@@ -243,6 +249,17 @@ def test_scheduled_seconds_starts_each_job_on_the_first_free_slot():
     assert scheduled_seconds([1.0, 1.0, 5.0], 2) == 6.0            # the long job starts last
     assert scheduled_seconds([5.0, 1.0, 1.0], 2) == 5.0            # ... or first
     assert scheduled_seconds([2.0, 3.0], 1) == 5.0 and scheduled_seconds([], 2) == 0.0
+
+
+def test_seed_times_cost_each_training_seed_apart():
+    from diffpolicy.noprop.bench import seed_times
+    def run(row, seed, wall, cpu):
+        return {"row": row, "seed": seed, "wall_seconds": wall, "machine": {"cpu_model": cpu}}
+    results = [run("a", 0, 3.0, "X"), run("a", 1, 4.0, "Y"), run("b", 0, 2.0, "X"), run("c", 0, 2.0, "X"),
+               run("c", 1, 1.0, "Z")]
+    times = seed_times(results, workers=2)
+    assert times["0"] == {"rows": ["a", "b", "c"], "wall_seconds": 7.0, "scheduled_seconds": 4.0, "cpu_models": ["X"]}
+    assert times["1"] == {"rows": ["a", "c"], "wall_seconds": 5.0, "scheduled_seconds": 4.0, "cpu_models": ["Y", "Z"]}
 
 
 def test_a_failing_row_is_reported_and_the_others_finish(fmnist_root, tmp_path, capsys):
