@@ -334,8 +334,14 @@ def restore_rows(cfg: dict, source: Path) -> list[str]:
             continue
         path = rows_dir / f"{done['row']}_seed{done['seed']}.json"
         _check_finished(done, source, rows[done["row"]])
+        if any(p == path for p, _ in writes):
+            raise ValueError(f"cannot restore rows from {source}: it holds {done['row']} seed {done['seed']} twice")
         if path.exists():
-            if json.loads(path.read_text()) != done:
+            try:
+                there = json.loads(path.read_text())
+            except ValueError as exc:
+                raise ValueError(f"{path} is not readable JSON ({exc}): not overwritten (move it away)") from exc
+            if there != done:
                 raise ValueError(f"{path} already holds another record of {done['row']} seed {done['seed']} "
                                  f"than {source}: not overwritten (move one of them away)")
             continue

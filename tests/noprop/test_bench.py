@@ -316,4 +316,11 @@ def test_restoring_rows_checks_every_record_and_never_overwrites(tmp_path, capsy
         restore([dict(record, test_acc={"deterministic": 0.9})])
     kept = json.loads((tmp_path / "out" / "rows" / "noprop-dt_seed1.json").read_text())
     assert kept == record
+    with pytest.raises(ValueError, match="holds noprop-dt seed 2 twice"):
+        restore([dict(record, seed=2), dict(record, seed=2, test_acc={"deterministic": 0.7})])
+    (tmp_path / "out" / "rows" / "noprop-dt_seed3.json").write_text("{cut off")
+    with pytest.raises(ValueError, match="noprop-dt_seed3.json is not readable JSON"):
+        restore([dict(record, seed=3)])
+    assert (tmp_path / "out" / "rows" / "noprop-dt_seed3.json").read_text() == "{cut off"
+    assert not (tmp_path / "out" / "rows" / "noprop-dt_seed2.json").exists()
     assert main(["--quick", f"out_dir={tmp_path / 'out'}", "--report", "--restore", str(tmp_path / "no.json")]) == 2
