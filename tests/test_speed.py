@@ -207,13 +207,15 @@ print(applied, speed.machine_info()["malloc_keeps_freed_memory"],
 def test_keep_freed_memory_stops_the_page_faults_of_large_tensors():
     """Off, every 58 MB temporary is mmap-ed and faulted in anew; on, freed blocks are reused.
 
-    Other processes' load only adds faults, so each setting keeps its fewest over 3 runs.
+    Other processes' load only adds faults (under memory pressure the kernel may reclaim
+    the kept pages: a few thousand faults a step, seen beside a CI run and two training
+    processes), so each setting keeps its fewest over 5 runs.
     """
     import subprocess
     faults = {}
     for value in ("0", "1"):
         counts = []
-        for _ in range(3):
+        for _ in range(5):
             r = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True,
                                timeout=120, env={**os.environ, speed.KEEP_FREED_ENV: value})
             applied, recorded, n = r.stdout.split()
@@ -221,4 +223,4 @@ def test_keep_freed_memory_stops_the_page_faults_of_large_tensors():
             counts.append(int(n))
         faults[value] = min(counts)
     assert faults["0"] > 10000                     # ~14k pages of 4 KB per 58 MB temporary
-    assert faults["1"] < faults["0"] / 10
+    assert faults["1"] < faults["0"] / 5            # idle: 0
