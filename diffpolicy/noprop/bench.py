@@ -257,7 +257,7 @@ def run_table(cfg: dict) -> list[dict]:
                 print(f"{status}: FAILED (see the traceback above)", flush=True)
 
     for i, (row, seed) in enumerate(jobs):
-        result_path = out_dir / "rows" / f"{row['name']}_seed{seed}.json"
+        result_path = row_result_path(out_dir, row["name"], seed)
         label = f"{row['name']} seed {seed}"
         status = f"[{i + 1}/{len(jobs)}] {label}"
         if result_path.exists():
@@ -305,6 +305,11 @@ def write_report(cfg: dict) -> list[dict]:
     return results
 
 
+def row_result_path(out_dir: str | Path, name: str, seed: int) -> Path:
+    """Where a finished (row, seed) record lives: ``out_dir/rows/<row>_seed<k>.json``."""
+    return Path(out_dir) / "rows" / f"{name}_seed{seed}.json"
+
+
 def restore_rows(cfg: dict, source: Path) -> list[str]:
     """Write each finished (row, seed) record kept in a saved ``results.json`` (its ``runs``, e.g.
     a committed ``docs/results/<table>/results.json``) into ``out_dir/rows``, so that a table
@@ -332,7 +337,7 @@ def restore_rows(cfg: dict, source: Path) -> list[str]:
         if done["row"] not in rows:
             print(f"{done['row']} seed {done['seed']}: not a row of this config, skipped", flush=True)
             continue
-        path = rows_dir / f"{done['row']}_seed{done['seed']}.json"
+        path = row_result_path(cfg["out_dir"], done["row"], done["seed"])
         _check_finished(done, source, rows[done["row"]])
         if any(p == path for p, _ in writes):
             raise ValueError(f"cannot restore rows from {source}: it holds {done['row']} seed {done['seed']} twice")

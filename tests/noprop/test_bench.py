@@ -104,7 +104,6 @@ def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, caps
     capsys.readouterr()
     assert main(moved_args + ["--report", "--restore", str(out / "results.json")]) == 0
     assert capsys.readouterr().out.count("restored from") == 2
-    capsys.readouterr()
     assert main([a for a in moved_args if not a.startswith("only=")] + ["only=[noprop-dt]"]) == 0
     assert "noprop-dt seed 0: done earlier, skipped" in capsys.readouterr().out   # resumes from it
     again = json.loads((tmp_path / "elsewhere" / "results.json").read_text())
