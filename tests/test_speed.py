@@ -223,4 +223,4 @@ def test_keep_freed_memory_stops_the_page_faults_of_large_tensors():
             counts.append(int(n))
         faults[value] = min(counts)
     assert faults["0"] > 10000                     # ~14k pages of 4 KB per 58 MB temporary
-    assert faults["1"] < faults["0"] / 5            # idle: 0
+    assert faults["1"] < faults["0"] / 10
