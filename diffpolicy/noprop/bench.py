@@ -400,14 +400,14 @@ def scheduled_seconds(durations: list[float], workers: int) -> float:
 def seed_times(results: list[dict], workers: int) -> dict[str, dict]:
     """Per training seed (``results`` in the config's row order): its finished rows, their summed
     row time and one uninterrupted run of them ``workers`` at a time (``scheduled_seconds``),
-    with the CPU models they ran on; what "the whole table, one seed" costs."""
+    with the machines they ran on (:func:`run_machine`); what "the whole table, one seed" costs."""
     out = {}
     for seed in sorted({r["seed"] for r in results}):
         rs = [r for r in results if r["seed"] == seed]
         walls = [r.get("wall_seconds", 0.0) for r in rs]
         out[str(seed)] = {"rows": [r["row"] for r in rs], "wall_seconds": sum(walls),
                           "scheduled_seconds": scheduled_seconds(walls, workers),
-                          "cpu_models": sorted({str((r.get("machine") or {}).get("cpu_model")) for r in rs})}
+                          "machines": sorted({run_machine(r) for r in rs})}
     return out
 
 
@@ -430,12 +430,20 @@ def _sampling_sd(rs: list[dict], mode: str) -> float | None:
     return sum(sds) / len(sds) if sds else None
 
 
+def run_machine(r: dict) -> str:
+    """What a finished run's time depends on: its GPU's name on CUDA, else its CPU model."""
+    machine = r.get("machine") or {}
+    if machine.get("device") == "cuda" and machine.get("gpu"):
+        return str(machine["gpu"])
+    return str(machine.get("cpu_model"))
+
+
 # What makes a run's time per epoch comparable with another's: (label, how to read it).
 # a record without block_workers predates block-parallel training (04d96db added both): one process
 EXECUTION = (("block_workers", lambda r: r.get("block_workers") or 1), ("threads", lambda r: r.get("threads")),
              ("precision", lambda r: r.get("precision")), ("layout", lambda r: r.get("layout")),
              ("device", lambda r: (r.get("machine") or {}).get("device")),
-             ("cpu", lambda r: (r.get("machine") or {}).get("cpu_model")))
+             ("machine", run_machine))
 
 
 def execution_differences(rs: list[dict]) -> list[str]:
@@ -471,6 +479,7 @@ def summarise(results: list[dict]) -> list[dict]:
             "train_memory": max(memory, key=lambda m: m["peak_mb"]) if memory else None,
             "block_schedule": first.get("block_schedule"),
             "infer_seconds": {m: _mean_sd([r["infer_seconds"][m] for r in rs]) for m in first["infer_seconds"]},
+            "infer_seconds_by_seed": {m: [r["infer_seconds"][m] for r in rs] for m in first["infer_seconds"]},
             "n_test": first["n_test"], "n_train": first["n_train"], "params": first["params"],
             "curves": [[h["val_acc"] for h in r["history"]] for r in rs]})
     return lines
@@ -508,6 +517,7 @@ def markdown_table(lines: list[dict]) -> str:
         if ln.get("execution_differs"):          # not comparable: one figure per seed
             per_epoch = (" / ".join(f"{t:.0f}" for t in ln["seconds_per_epoch_by_seed"])
                          + f" (per seed; {', '.join(ln['execution_differs'])})")
+            inf = " / ".join(f"{t:.1f}" for t in ln["infer_seconds_by_seed"]["deterministic"]) + " (per seed)"
         out.append(f"| {ln['row']} | {ln['method']} | {ln['backbone']} | {ln['epochs']} | {sto} | "
                    f"{det} | {per_epoch} | {step_mem[0]} | {step_mem[1]} | "
                    f"{ln['peak_rss_mb']:.0f} | {inf} |")
@@ -549,7 +559,7 @@ def write_outputs(results: list[dict], cfg: dict, out_dir: Path) -> None:
           flush=True)
     for seed, t in by_seed.items():
         print(f"training seed {seed}: {len(t['rows'])} row(s), {t['wall_seconds'] / 60:.1f} min of row time, "
-              f"{t['scheduled_seconds'] / 60:.1f} min as one run ({', '.join(t['cpu_models'])})", flush=True)
+              f"{t['scheduled_seconds'] / 60:.1f} min as one run ({', '.join(t['machines'])})", flush=True)
     if lines:
         plot_curves(lines, out_dir / "noprop_curves.png")
     print(md, flush=True)

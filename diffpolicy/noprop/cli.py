@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="first copy the finished rows kept in a saved results.json into out_dir/rows "
                              "(then train the rest, or only report with --report)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. out_dir=runs/x seeds=[0,1]")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.quick and args.config:
         parser.error(f"--quick is the quick config; it cannot go with --config {args.config}")
     name = args.config or ("quick" if args.quick else "bench")

@@ -144,16 +144,25 @@ def test_seeds_run_differently_list_their_time_per_epoch_apart():
     line = summarise([run(0, 2, 274.4), run(1, 1, 460.2)])[0]
     assert line["execution_differs"] == ["block_workers 2 / 1"]
     assert "| 274 / 460 (per seed; block_workers 2 / 1) |" in markdown_table([line])
+    assert "| 1.0 / 1.0 (per seed) |" in markdown_table([line])       # inference time: per seed too
     assert summarise([run(0, 2, 274.4), run(1, 2, 280.0)])[0]["execution_differs"] == []
     before = {k: v for k, v in run(2, 1, 455.0).items() if k != "block_workers"}   # recorded before the field
     assert summarise([run(1, 1, 460.2), before])[0]["execution_differs"] == []
     elsewhere = dict(run(3, 1, 530.0), machine={"device": "cpu", "cpu_model": "Intel Xeon"})
-    assert summarise([run(1, 1, 460.2), elsewhere])[0]["execution_differs"] == ["cpu AMD EPYC / Intel Xeon"]
+    assert summarise([run(1, 1, 460.2), elsewhere])[0]["execution_differs"] == ["machine AMD EPYC / Intel Xeon"]
+    # a CUDA run is named by its GPU (its host CPU may be the same model as a CPU run's)
+    gpu = dict(run(4, 1, 3.5), machine={"device": "cuda", "cpu_model": "AMD EPYC", "gpu": "NVIDIA H200"})
+    assert summarise([run(1, 1, 460.2), gpu])[0]["execution_differs"] == [
+        "device cpu / cuda", "machine AMD EPYC / NVIDIA H200"]
 
 
 def test_print_config(capsys):
     assert main(["--quick", "--print-config", "seeds=[5]"]) == 0
     assert json.loads(capsys.readouterr().out)["seeds"] == [5]
+    # overrides on both sides of an option (as in `... out_dir=x --restore r.json seeds=[1]`)
+    assert main(["--quick", "out_dir=x", "--print-config", "seeds=[6]", "threads=1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["out_dir"], printed["seeds"], printed["threads"]) == ("x", [6], 1)
     with pytest.raises(SystemExit):                 # two configs named: refused, not one dropped
         main(["--quick", "--config", "paper_table", "--print-config"])
     assert "cannot go with --config paper_table" in capsys.readouterr().err
@@ -252,13 +261,14 @@ def test_scheduled_seconds_starts_each_job_on_the_first_free_slot():
 
 def test_seed_times_cost_each_training_seed_apart():
     from diffpolicy.noprop.bench import seed_times
-    def run(row, seed, wall, cpu):
-        return {"row": row, "seed": seed, "wall_seconds": wall, "machine": {"cpu_model": cpu}}
+    def run(row, seed, wall, cpu, gpu=None):
+        return {"row": row, "seed": seed, "wall_seconds": wall,
+                "machine": {"cpu_model": cpu, "device": "cuda" if gpu else "cpu", "gpu": gpu}}
     results = [run("a", 0, 3.0, "X"), run("a", 1, 4.0, "Y"), run("b", 0, 2.0, "X"), run("c", 0, 2.0, "X"),
-               run("c", 1, 1.0, "Z")]
+               run("c", 1, 1.0, "Y", gpu="H200")]
     times = seed_times(results, workers=2)
-    assert times["0"] == {"rows": ["a", "b", "c"], "wall_seconds": 7.0, "scheduled_seconds": 4.0, "cpu_models": ["X"]}
-    assert times["1"] == {"rows": ["a", "c"], "wall_seconds": 5.0, "scheduled_seconds": 4.0, "cpu_models": ["Y", "Z"]}
+    assert times["0"] == {"rows": ["a", "b", "c"], "wall_seconds": 7.0, "scheduled_seconds": 4.0, "machines": ["X"]}
+    assert times["1"] == {"rows": ["a", "c"], "wall_seconds": 5.0, "scheduled_seconds": 4.0, "machines": ["H200", "Y"]}
 
 
 def test_a_failing_row_is_reported_and_the_others_finish(fmnist_root, tmp_path, capsys):
