@@ -188,11 +188,32 @@ def _check_finished(done: dict, result_path: Path, row: dict) -> None:
                          "use another out_dir (results are never mixed)")
 
 
+def write_row_result(path: Path, record: dict) -> None:
+    """Write a finished (row, seed) record via a temporary file and a rename: a process killed
+    mid-write leaves no half-written ``rows/*.json`` (which would count as finished)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+
+
+def read_row_result(path: Path) -> dict:
+    """A finished (row, seed) record; a corrupt or unreadable one is refused by name."""
+    try:
+        done = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable finished-row record ({exc}); move it away to "
+                         "train that row again") from exc
+    if not isinstance(done, dict):
+        raise ValueError(f"{path}: not a finished-row record (a JSON object); move it away to "
+                         "train that row again")
+    return done
+
+
 def _child(row: dict, seed: int, cfg: dict, out_dir: str, result_path: str) -> None:
     end_with_parent()          # the table command killed alone: this row stops too, resumable
     try:
         res = run_row(row, seed, cfg, Path(out_dir))
-        Path(result_path).write_text(json.dumps(res, indent=1))
+        write_row_result(Path(result_path), res)
     except ParentEnded:        # said why on stderr already; the checkpoint stays for a rerun
         sys.exit(1)
     except Exception:
@@ -261,7 +282,7 @@ def run_table(cfg: dict) -> list[dict]:
         label = f"{row['name']} seed {seed}"
         status = f"[{i + 1}/{len(jobs)}] {label}"
         if result_path.exists():
-            _check_finished(json.loads(result_path.read_text()), result_path, row)
+            _check_finished(read_row_result(result_path), result_path, row)
             print(f"{status}: done earlier, skipped", flush=True)
             continue
         while len(running) >= workers:
@@ -276,7 +297,7 @@ def run_table(cfg: dict) -> list[dict]:
             _write_progress(out_dir, [item[1] for item in running])
         else:
             _write_progress(out_dir, [status])
-            result_path.write_text(json.dumps(run_row(row, seed, cfg, out_dir), indent=1))
+            write_row_result(result_path, run_row(row, seed, cfg, out_dir))
     while running:
         reap()
     results = write_report(cfg)
@@ -296,7 +317,7 @@ def write_report(cfg: dict) -> list[dict]:
     order = {name: i for i, name in enumerate(rows)}
     results = []
     for path in sorted((out_dir / "rows").glob("*.json")):
-        done = json.loads(path.read_text())
+        done = read_row_result(path)
         if done["row"] in rows:
             _check_finished(done, path, rows[done["row"]])   # a row run with other settings: refused
             results.append(done)
@@ -353,9 +374,7 @@ def restore_rows(cfg: dict, source: Path) -> list[str]:
         writes.append((path, done))
     rows_dir.mkdir(parents=True, exist_ok=True)
     for path, done in writes:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(done, indent=1))
-        tmp.replace(path)
+        write_row_result(path, done)
         print(f"{done['row']} seed {done['seed']}: restored from {source}", flush=True)
     return [f"{done['row']} seed {done['seed']}" for _, done in writes]
 

@@ -333,3 +333,22 @@ def test_restoring_rows_checks_every_record_and_never_overwrites(tmp_path, capsy
     assert (tmp_path / "out" / "rows" / "noprop-dt_seed3.json").read_text() == "{cut off"
     assert not (tmp_path / "out" / "rows" / "noprop-dt_seed2.json").exists()
     assert main(["--quick", f"out_dir={tmp_path / 'out'}", "--report", "--restore", str(tmp_path / "no.json")]) == 2
+
+
+def test_a_corrupt_finished_row_is_refused_by_name_and_rows_are_written_whole(tmp_path):
+    from diffpolicy.noprop.bench import row_result_path, write_report, write_row_result
+    cfg = load_config("quick", [f"out_dir={tmp_path / 'pt'}", "seeds=[0]"])
+    row = cfg["rows"][0]["name"]
+    path = row_result_path(cfg["out_dir"], row, 0)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"row": "' + row + '", "se')          # a process killed mid-write, before
+    with pytest.raises(ValueError, match=f"{path.name}: not a readable finished-row record"):
+        run_table(cfg)                                      # refused before any training
+    with pytest.raises(ValueError, match=f"{path.name}: not a readable finished-row record"):
+        write_report(cfg)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a finished-row record"):
+        write_report(cfg)
+    write_row_result(path, {"row": row, "seed": 0})       # now: temporary file, then a rename
+    assert json.loads(path.read_text()) == {"row": row, "seed": 0}
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
