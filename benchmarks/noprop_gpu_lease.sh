@@ -16,7 +16,10 @@
 # run: at TRAIN_S each is stopped (SIGTERM; its checkpoint, written by rename, is the last
 # finished epoch's) and then tested as `--config gpu_long epochs=N`. The seed rows
 # (`--config gpu`, seeds 1-2) stop at C_S; rows finished by then are kept. Everything but the
-# checkpoints lands in $OUT/runs.tgz. Local dry run on a CPU:
+# checkpoints lands in $OUT/runs.tgz. CT_ROWS (default "18 50") and SEED_ROWS pick the runs: on
+# 2026-11-30 the three processes kept the H200 99 % busy (CT ResNet-18 12.6 s an epoch, ResNet-50
+# 18.6 s; backprop ResNet-18 took 3.5 s alone), so CT_ROWS=18 SEED_ROWS= gives one row more
+# epochs. Local dry run on a CPU:
 #   OUT=/tmp/o NO_WHEELS=1 TRAIN_S=70 C_S=110 END_S=150 \
 #     EXTRA="train.device=cpu threads=1 data.train_subset=512 data.test_subset=256 train.max_steps_per_epoch=2" \
 #     bash benchmarks/noprop_gpu_lease.sh
@@ -40,6 +43,8 @@ TRAIN_S=${TRAIN_S:-420}     # stop the two long CT runs (s after the start)
 C_S=${C_S:-470}             # stop the seed rows
 END_S=${END_S:-520}         # stop waiting for the CT runs' tests
 EXTRA=${EXTRA:-}
+CT_ROWS=${CT_ROWS-18 50}    # NoProp-CT ResNet rows to train (gpu_long), each in its own process
+SEED_ROWS=${SEED_ROWS-backprop-dt,backprop-resnet18,noprop-ct-resnet18,noprop-ct-resnet50}  # seeds 1-2 ('' = none)
 R=${R:-/tmp/runs}
 el() { echo $(( $(date +%s) - T0 )); }
 mkdir -p "$R" "$OUT"
@@ -63,41 +68,44 @@ start() {  # log name, then the command's arguments; prints the pid (= its proce
   setsid $NP "$@" train.progress=false $EXTRA > "$R/$name.log" 2>&1 &
   echo "$!"
 }
-alive() { kill -0 "$1" 2>/dev/null; }
-stop() { kill -TERM -- -"$1" 2>/dev/null; for _ in $(seq 20); do alive "$1" || return; sleep 1; done
+alive() { [ -n "$1" ] && [ "$1" -gt 1 ] && kill -0 "$1" 2>/dev/null; }   # never pid 0 (the own group)
+stop() { alive "$1" || return 0; kill -TERM -- -"$1" 2>/dev/null; for _ in $(seq 20); do alive "$1" || return; sleep 1; done
          kill -KILL -- -"$1" 2>/dev/null; }
-A=$(start ct18 --config gpu_long out_dir=$R/gl18 'seeds=[0]' 'only=[noprop-ct-resnet18]')
-B=$(start ct50 --config gpu_long out_dir=$R/gl50 'seeds=[0]' 'only=[noprop-ct-resnet50]')
-C=$(start seeds --config gpu out_dir=$R/pt 'seeds=[1,2]' \
-    'only=[backprop-dt,backprop-resnet18,noprop-ct-resnet18,noprop-ct-resnet50]')
-echo "== $(el) s: started ct18 $A, ct50 $B, seeds $C"
+CT=()
+for k in $CT_ROWS; do
+  CT+=("$(start "ct$k" --config gpu_long out_dir=$R/gl$k 'seeds=[0]' "only=[noprop-ct-resnet$k]")")
+done
+C=""    # no process
+[ -n "$SEED_ROWS" ] && C=$(start seeds --config gpu out_dir=$R/pt 'seeds=[1,2]' "only=[$SEED_ROWS]")
+echo "== $(el) s: started CT rows ${CT[*]:-none} ($CT_ROWS), seed rows $C"
+any_alive() { for p in "$@"; do alive "$p" && return 0; done; return 1; }
 last=0
 while [ "$(el)" -lt "$TRAIN_S" ]; do
   sleep 5
-  if ! alive "$A" && ! alive "$B"; then
-    if [ "$(el)" -lt 120 ] && ! ls "$R"/gl18/checkpoints/*.pt "$R"/gl50/checkpoints/*.pt >/dev/null 2>&1; then
-      echo "== $(el) s: both CT runs died before an epoch: stopping all"; stop "$C"; break
+  if ! any_alive "${CT[@]}"; then
+    if [ ${#CT[@]} -gt 0 ] && [ "$(el)" -lt 120 ] && ! ls "$R"/gl*/checkpoints/*.pt >/dev/null 2>&1; then
+      echo "== $(el) s: every CT run died before an epoch: stopping all"; stop "$C"; break
     fi
     alive "$C" || break
   fi
   if [ $(( $(el) - last )) -ge 60 ]; then
-    last=$(el); echo "== $(el) s"; tail -qn 1 "$R"/ct18.log "$R"/ct50.log "$R"/seeds.log
+    last=$(el); echo "== $(el) s"; tail -qn 1 "$R"/*.log | grep -v "^20[0-9][0-9]/"
   fi
 done
 echo "== $(el) s: stopping the CT runs"
-stop "$A"; stop "$B"
+for p in "${CT[@]}"; do stop "$p"; done
 FIN=()
-for pair in "18 $R/gl18" "50 $R/gl50"; do
-  set -- $pair; row=noprop-ct-resnet$1; dir=$2; ck=$dir/checkpoints/${row}_seed0.pt
+for k in $CT_ROWS; do
+  row=noprop-ct-resnet$k; dir=$R/gl$k; ck=$dir/checkpoints/${row}_seed0.pt
   [ -f "$dir/rows/${row}_seed0.json" ] && { echo "$row finished all its epochs"; continue; }
   [ -f "$ck" ] || { echo "$row: no checkpoint"; continue; }
   n=$(python3 -c "import torch; print(torch.load('$ck', map_location='cpu', weights_only=False)['epoch'])")
   echo "== $(el) s: $row stopped after epoch $n: testing it as epochs=$n"
-  FIN+=("$(start "fin$1" --config gpu_long out_dir="$dir" 'seeds=[0]' "only=[$row]" "epochs=$n")")
+  FIN+=("$(start "fin$k" --config gpu_long out_dir="$dir" 'seeds=[0]' "only=[$row]" "epochs=$n")")
 done
 while [ "$(el)" -lt "$C_S" ] && alive "$C"; do sleep 5; done
 alive "$C" && { echo "== $(el) s: stopping the seed rows"; stop "$C"; }
-for p in "${FIN[@]}"; do
+for p in "${FIN[@]+"${FIN[@]}"}"; do
   while [ "$(el)" -lt "$END_S" ] && alive "$p"; do sleep 2; done
   alive "$p" && { echo "== $(el) s: a CT test ran past END_S: stopped"; stop "$p"; }
 done
