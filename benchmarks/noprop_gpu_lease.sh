@@ -60,6 +60,10 @@ fi
 export PYTHONUNBUFFERED=1 DIFFPOLICY_FMNIST=$PWD/.gpu/fmnist
 python3 -c "import torch, torchvision, diffpolicy.noprop.bench; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))" \
   || { echo "IMPORT FAILED"; exit 4; }
+python3 -c "import torch; from diffpolicy.host_copy import to_device
+s = torch.arange(100000.0); o = to_device(s, 'cuda'); s.zero_()
+assert torch.equal(o.cpu(), torch.arange(100000.0)); print('non-blocking host copy: ok')" \
+  || echo "NON-BLOCKING HOST COPY CHECK FAILED"
 NP="python3 -m diffpolicy.noprop"
 (nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 30 > "$R/smi.log" 2>&1 &)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from diffpolicy.datasets.errors import DatasetError
+from diffpolicy.host_copy import to_device
 
 
 def _size(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -27,8 +28,8 @@ def random_crop(images: torch.Tensor, size: int | tuple[int, int],
     flat = images.reshape((-1,) + images.shape[-3:]).contiguous()       # (M, C, H, W)
     n_img, n_ch = flat.shape[:2]
     dev = images.device
-    oy = torch.randint(0, h - ch_ + 1, (n_img, 1, 1), generator=generator).to(dev)
-    ox = torch.randint(0, w - cw + 1, (n_img, 1, 1), generator=generator).to(dev)
+    oy = to_device(torch.randint(0, h - ch_ + 1, (n_img, 1, 1), generator=generator), dev)
+    ox = to_device(torch.randint(0, w - cw + 1, (n_img, 1, 1), generator=generator), dev)
     m = torch.arange(n_img, device=dev)[:, None, None]
     ch = torch.arange(n_ch, device=dev)[None, :, None]
     i = torch.arange(ch_, device=dev)[None, None, :]

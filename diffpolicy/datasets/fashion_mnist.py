@@ -28,6 +28,7 @@ import torch
 from diffpolicy import paths
 from diffpolicy.datasets.crops import random_crop
 from diffpolicy.datasets.errors import CorruptDataError, DatasetError
+from diffpolicy.host_copy import to_device
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -192,7 +193,7 @@ def iterate_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: 
                     generator: torch.Generator | None = None, drop_last: bool = False):
     """Yield ``(x[i], y[i])`` batches; shuffled with ``generator`` when ``shuffle``."""
     n = len(x)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = to_device(torch.randperm(n, generator=generator) if shuffle else torch.arange(n), x.device)
     stop = n - n % batch_size if drop_last else n
     for i in range(0, stop, batch_size):
         idx = order[i:i + batch_size]
@@ -220,5 +221,5 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator | None 
     padded = background.expand(b, c, h + 2 * pad, w + 2 * pad).clone()
     padded[:, :, pad:pad + h, pad:pad + w] = x
     out = random_crop(padded, (h, w), generator)
-    flip = torch.rand(b, generator=generator) < 0.5
+    flip = to_device(torch.rand(b, generator=generator) < 0.5, x.device)
     return torch.where(flip[:, None, None, None], out.flip(-1), out)

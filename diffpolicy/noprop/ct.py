@@ -54,6 +54,7 @@ from torch import nn
 
 from diffpolicy.diffusion.embeddings import sinusoidal_embedding
 from diffpolicy.eval_mode import eval_mode
+from diffpolicy.host_copy import randn_like_device, to_device
 from diffpolicy.noprop.blocks import HIDDEN, PaperBlock, resnet_backbone
 from diffpolicy.noprop.dt import posterior_coefficients
 from diffpolicy.noprop.embeddings import LabelEmbedding, init_head_as_nearest_embedding
@@ -231,7 +232,7 @@ class NoPropCT(nn.Module):
         else:
             u0 = torch.rand(1, generator=generator)
             u = torch.remainder(u0 + torch.arange(b) / b, 1.0)
-        u = u.to(device)
+        u = to_device(u, device)
         if self.t_sampling != "importance":
             return u, torch.ones_like(u)
         with torch.no_grad():
@@ -249,13 +250,13 @@ class NoPropCT(nn.Module):
         u = self.embed(y)
         b, d = u.shape
         t, density = self.sample_t(b, generator)
-        eps = torch.randn(3, b, d, generator=generator).to(u)
+        eps = randn_like_device((3, b, d), generator, u)
         abar = self.schedule.alpha_bar(t)[:, None]
         z_t = abar.sqrt() * u.detach() + (1 - abar).sqrt() * eps[0]
         uhat = self.uhat(self.image_features(x), z_t, t)
         diffusion = (self.eta / 2 * self.schedule.snr_prime(t) / density
                      * (uhat - u).pow(2).sum(-1)).mean()
-        ends = self.schedule.alpha_bar(torch.tensor([0.0, 1.0], device=u.device))
+        ends = self.schedule.alpha_bar(torch.linspace(0, 1, 2, device=u.device))   # t = 0, 1
         z_1 = ends[1].sqrt() * u + (1 - ends[1]).sqrt() * eps[1]
         ce = F.cross_entropy(self.head(z_1), y)
         kl = 0.5 * (ends[0] * u.pow(2).sum(-1) - d * ends[0] - d * torch.log1p(-ends[0])).mean()
@@ -290,10 +291,10 @@ class NoPropCT(nn.Module):
             b, d = x.shape[0], self.embed.dim
             grid = torch.linspace(0, 1, steps + 1, device=feats.device)
             abar = self.schedule.alpha_bar(grid)
-            z = torch.randn(b, d, generator=generator).to(feats) if stochastic else feats.new_zeros(b, d)
+            z = randn_like_device((b, d), generator, feats) if stochastic else feats.new_zeros(b, d)
             for k in range(1, steps + 1):
                 a, bb, c = posterior_coefficients(abar[k - 1], abar[k])
                 z = a * self.uhat(feats, z, grid[k - 1].expand(b)) + bb * z
                 if stochastic:
-                    z = z + c.sqrt() * torch.randn(z.shape, generator=generator).to(z)
+                    z = z + c.sqrt() * randn_like_device(z.shape, generator, z)
             return self.head(z)

@@ -49,6 +49,7 @@ import torch
 
 from diffpolicy.datasets.fashion_mnist import fashion_mnist_splits
 from diffpolicy.eval_mode import eval_mode
+from diffpolicy.host_copy import randn_like_device
 from diffpolicy.noprop.blocks import CONV_WIDTHS
 from diffpolicy.noprop.ct import NoPropCT
 from diffpolicy.noprop.dt import NoPropDT
@@ -96,7 +97,7 @@ def ct_diagnostics(model: NoPropCT, x: torch.Tensor, y: torch.Tensor,
             u = model.embed(yb.to(feats.device)).float()
             for j, (t, abar) in enumerate(zip(ts, abars)):
                 tt = torch.full((len(yb),), t, device=feats.device)
-                z = abar.sqrt() * u + (1 - abar).sqrt() * torch.randn(u.shape, generator=g).to(u)
+                z = abar.sqrt() * u + (1 - abar).sqrt() * randn_like_device(u.shape, g, u)
                 correct[j] += (model.logits(feats, z, tt).argmax(-1).cpu() == yb.cpu()).sum()
     out.update({f"denoiser_acc_t{t:g}": float(c / len(y)) for t, c in zip(ts, correct)})
     return out
@@ -113,7 +114,7 @@ def posterior_diagnostics(model: NoPropDT, x: torch.Tensor, y: torch.Tensor, dra
         for i in range(0, len(x), batch):
             feats = model.blocks.image_features(x[i:i + batch], first)            # (1, b, 256)
             p = sum(torch.softmax(model.blocks.from_features(
-                feats, torch.randn(1, feats.shape[1], model.embed.dim, generator=g).to(feats),
+                feats, randn_like_device((1, feats.shape[1], model.embed.dim), g, feats),
                 first)[0].float(), -1) for _ in range(draws)) / draws
             post.append(p)
         post = torch.cat(post)                                                    # (N, K)

@@ -36,6 +36,7 @@ from torch import nn
 
 from diffpolicy.diffusion.schedule import NoPropSchedule, noprop_schedule
 from diffpolicy.eval_mode import eval_mode
+from diffpolicy.host_copy import randn_like_device, to_device
 from diffpolicy.noprop.blocks import StackedPaperBlocks
 from diffpolicy.noprop.embeddings import LabelEmbedding, init_head_as_nearest_embedding
 
@@ -127,8 +128,8 @@ class NoPropDT(nn.Module):
         ``block`` ``(k,)``, ``ce``, ``kl``.
         """
         u = self.embed(y)
-        eps = torch.randn(self.T + 1, *u.shape, generator=generator).to(u)
-        t = torch.tensor(self.block_ids[blocks], device=u.device)          # (k,) in 1..T
+        eps = randn_like_device((self.T + 1, *u.shape), generator, u)
+        t = to_device(torch.tensor(self.block_ids[blocks]), u.device)          # (k,) in 1..T
         z_prev = self.sample_latents(u.detach(), t - 1, eps[t - 1])
         feats = self.blocks.image_features(x, blocks)
         uhat = self.denoise(self.blocks.from_features(feats, z_prev, blocks))    # (k, B, d)
@@ -157,13 +158,13 @@ class NoPropDT(nn.Module):
         with eval_mode(self):
             feats = self.blocks.image_features(x)                               # (T, B, 256)
             d = self.embed.dim
-            z = (torch.randn(x.shape[0], d, generator=generator).to(feats) if stochastic
+            z = (randn_like_device((x.shape[0], d), generator, feats) if stochastic
                  else feats.new_zeros(x.shape[0], d)).float()
             for t in range(1, self.T + 1):
                 logits = self.blocks.from_features(feats[t - 1:t], z[None], slice(t - 1, t))[0]
                 z = self.a[t] * self.denoise(logits) + self.b[t] * z
                 if stochastic:
-                    z = z + self.c[t].sqrt() * torch.randn(z.shape, generator=generator).to(z)
+                    z = z + self.c[t].sqrt() * randn_like_device(z.shape, generator, z)
             return self.head(z)
 
     # ------------------------------------------------- parallel training support

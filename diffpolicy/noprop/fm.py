@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from diffpolicy.diffusion.embeddings import sinusoidal_embedding
 from diffpolicy.eval_mode import eval_mode
+from diffpolicy.host_copy import randn_like_device, to_device
 from diffpolicy.noprop.ct import NoPropCT
 
 
@@ -44,8 +45,8 @@ class NoPropFM(NoPropCT):
              **_: object) -> dict[str, torch.Tensor]:
         u = self.embed(y)
         b = u.shape[0]
-        t = torch.rand(b, generator=generator).to(u.device)
-        z0 = torch.randn(u.shape, generator=generator).to(u)
+        t = to_device(torch.rand(b, generator=generator), u.device)
+        z0 = randn_like_device(u.shape, generator, u)
         z_t = t[:, None] * u.detach() + (1 - t[:, None]) * z0
         v = self.velocity(self.image_features(x), z_t, t)
         flow = (v - (u - z0)).pow(2).sum(-1).mean()
@@ -60,7 +61,7 @@ class NoPropFM(NoPropCT):
         with eval_mode(self):
             feats = self.image_features(x).float()
             b, d = x.shape[0], self.embed.dim
-            z = torch.randn(b, d, generator=generator).to(feats) if stochastic else feats.new_zeros(b, d)
+            z = randn_like_device((b, d), generator, feats) if stochastic else feats.new_zeros(b, d)
             for k in range(steps):
                 z = z + self.velocity(feats, z, torch.full((b,), k / steps, device=z.device)) / steps
             return self.class_logits(z)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from diffpolicy.datasets.fashion_mnist import AUGMENTATIONS, FMNISTSplits, augment_batch, iterate_batches
+from diffpolicy.host_copy import to_device
 from diffpolicy.noprop import execution
 from diffpolicy.noprop.blocks import StackedPaperBlocks
 from diffpolicy.noprop.dt import NoPropDT
@@ -128,8 +129,9 @@ class BlockAdamW:
         b1, b2 = self.betas
         self.steps[active] += 1
         k = len(self.steps[active])
-        bc1 = 1 - b1 ** self.steps[active]
-        bc2_sqrt = (1 - b2 ** self.steps[active]).sqrt()
+        like = self.params[0]                       # all block parameters: one device and dtype
+        step_size = to_device(self.lr / (1 - b1 ** self.steps[active]), like.device, like.dtype)
+        bc2_sqrt = to_device((1 - b2 ** self.steps[active]).sqrt(), like.device, like.dtype)
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
             if p.grad is None:
                 continue
@@ -142,8 +144,8 @@ class BlockAdamW:
                 w.mul_(1 - self.lr * self.wd)
             mm.lerp_(g, 1 - b1)
             vv.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (vv.sqrt() / bc2_sqrt.to(w).reshape(shape)).add_(self.eps)
-            w.sub_((self.lr / bc1).to(w).reshape(shape) * mm / denom)
+            denom = (vv.sqrt() / bc2_sqrt.reshape(shape)).add_(self.eps)
+            w.sub_(step_size.reshape(shape) * mm / denom)
 
     def state_dict(self) -> dict:
         return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps}
@@ -251,7 +253,9 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimiz
     limit = cfg.max_steps_per_epoch
     total_steps = sum(len(p) for p in plan) if limit is None else min(limit, sum(len(p) for p in plan))
     bar = _progress(total_steps, desc, cfg.progress)
-    steps, loss_sum, t0 = 0, 0.0, time.perf_counter()
+    # the loss is summed where it is computed and read once an epoch (every 20 steps with a
+    # progress bar): reading it each step made the host wait for the GPU each step
+    steps, loss_sum, t0 = 0, torch.zeros((), dtype=torch.float64, device=x.device), time.perf_counter()
     for blocks_of_batch in plan:
         for (xb, yb), sl in zip(iterate_batches(x, y, cfg.batch_size, True, data_gen), blocks_of_batch):
             if limit is not None and steps >= limit:
@@ -271,13 +275,15 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimiz
                 opt.set_lr(cfg.lr * 0.5 * (1 + math.cos(math.pi * frac)))
             opt.step(sl)
             steps += 1
-            loss_sum += losses["total"].item()
+            loss_sum += losses["total"].detach()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / steps:.3f}", refresh=False)
+                if steps % 20 == 0:
+                    bar.set_postfix(loss=f"{float(loss_sum) / steps:.3f}", refresh=False)
     if bar is not None:
         bar.close()
-    return {"loss": loss_sum / max(steps, 1), "seconds": time.perf_counter() - t0, "steps": steps}
+    loss = float(loss_sum) / max(steps, 1)             # waits for the epoch's last step
+    return {"loss": loss, "seconds": time.perf_counter() - t0, "steps": steps}
 
 
 class EpochRunner:

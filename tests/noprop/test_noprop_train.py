@@ -304,3 +304,27 @@ def test_augment_setting_is_checked_and_trains():
     gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
     stats = train_epoch(model, x, y, Optimizers(model, cfg), cfg, *gens)
     assert stats["steps"] == 2 and math.isfinite(stats["loss"])
+
+
+def test_epoch_loss_is_the_mean_of_the_step_losses():
+    """The loss is summed on the model's device and read once an epoch: the value reported
+    must still be the mean of each step's total loss."""
+    from diffpolicy.noprop.backprop import BackboneClassifier
+    from diffpolicy.noprop.train import Optimizers, train_epoch
+    cfg = TrainConfig(precision="fp32", batch_size=8, progress=False)
+    torch.manual_seed(0)
+    model = BackboneClassifier("resnet18", 10, stem="small")
+    x, y = torch.randn(24, 1, 28, 28), torch.randint(0, 10, (24,))
+    seen = []
+    loss_of = model.loss
+
+    def recording_loss(*args, **kw):
+        out = loss_of(*args, **kw)
+        seen.append(float(out["total"].detach()))
+        return out
+    model.loss = recording_loss
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    stats = train_epoch(model, x, y, Optimizers(model, cfg), cfg, *gens)
+    assert stats["steps"] == len(seen) == 3
+    assert stats["loss"] == pytest.approx(sum(seen) / 3, rel=1e-12)
+    assert len(set(seen)) == 3                            # three different batches were trained
