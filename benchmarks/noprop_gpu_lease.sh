@@ -16,7 +16,7 @@
 # run: at TRAIN_S each is stopped (SIGTERM; its checkpoint, written by rename, is the last
 # finished epoch's) and then tested as `--config gpu_long epochs=N`. The seed rows
 # (`--config gpu`, seeds 1-2) stop at C_S; rows finished by then are kept. Everything but the
-# checkpoints lands in $OUT/runs.tgz. CT_ROWS (default "18 50") and SEED_ROWS pick the runs: on
+# checkpoints lands in $OUT/runs.tgz. CT_ROWS (default "18 50") and SEED_ROWS (default none) pick the runs: on
 # 2026-11-30 the three processes kept the H200 99 % busy (CT ResNet-18 12.6 s an epoch, ResNet-50
 # 18.6 s; backprop ResNet-18 took 3.5 s alone), so CT_ROWS=18 SEED_ROWS= gives one row more
 # epochs. Local dry run on a CPU:
@@ -44,7 +44,8 @@ C_S=${C_S:-470}             # stop the seed rows
 END_S=${END_S:-520}         # stop waiting for the CT runs' tests
 EXTRA=${EXTRA:-}
 CT_ROWS=${CT_ROWS-18 50}    # NoProp-CT ResNet rows to train (gpu_long), each in its own process
-SEED_ROWS=${SEED_ROWS-backprop-dt,backprop-resnet18,noprop-ct-resnet18,noprop-ct-resnet50}  # seeds 1-2 ('' = none)
+SEED_ROWS=${SEED_ROWS-}     # rows of --config gpu to train for seeds 1-2, e.g. backprop-dt,noprop-dt ('' = none:
+                            # paper_table has seeds 0-2 of every row since 2026-11-30)
 R=${R:-/tmp/runs}
 el() { echo $(( $(date +%s) - T0 )); }
 mkdir -p "$R" "$OUT"
