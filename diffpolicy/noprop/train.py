@@ -58,6 +58,7 @@ class TrainConfig:
     weight_decay: float = 1e-3
     optimizer: str = "adamw"                   # adamw (decoupled decay) | adam (L2 penalty in the gradient)
     lr_schedule: str = "constant"              # constant (the paper) | cosine (decay to 0 by the last epoch)
+    lr_decay_epochs: int = 0                   # constant only: the last N epochs decay to 0 on a cosine
     block_schedule: str = "all"
     augment: str = "none"                      # none | crop_flip (pad 2, random 28x28 crop, mirror half)
     seed: int = 0
@@ -85,6 +86,13 @@ class TrainConfig:
             raise ValueError(f"augment: expected one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not isinstance(self.lr_decay_epochs, int) or isinstance(self.lr_decay_epochs, bool) \
+                or not 0 <= self.lr_decay_epochs <= self.epochs:
+            raise ValueError(f"lr_decay_epochs: expected a whole number from 0 to epochs "
+                             f"({self.epochs}), got {self.lr_decay_epochs!r}")
+        if self.lr_decay_epochs and self.lr_schedule != "constant":
+            raise ValueError(f"lr_decay_epochs tails a constant rate; lr_schedule "
+                             f"{self.lr_schedule!r} sets the whole run's")
         if not self.predict_modes:
             raise ValueError("predict_modes must name at least one inference mode")
         if not isinstance(self.block_workers, int) or isinstance(self.block_workers, bool) \
@@ -241,6 +249,43 @@ def _progress(total: int, desc: str, enabled: bool):
                 dynamic_ncols=False, ncols=100)
 
 
+def decay_start(cfg: TrainConfig) -> float:
+    """The epoch (0-based, fractional) from which ``cfg``'s learning rate leaves ``cfg.lr``."""
+    if cfg.lr_schedule == "cosine":
+        return 0.0
+    return float(cfg.epochs - cfg.lr_decay_epochs) if cfg.lr_decay_epochs else math.inf
+
+
+def scheduled_lr(cfg: TrainConfig, at: float) -> float | None:
+    """The learning rate at epoch ``at`` (0-based, fractional); None where it stays ``cfg.lr``
+    for the whole run (constant, no decay).  Cosine decays to 0 over the run; a constant rate
+    with ``lr_decay_epochs`` N holds until N epochs before the end, then decays to 0 on a cosine."""
+    start = decay_start(cfg)
+    if start == math.inf:
+        return None
+    frac = min(1.0, max(0.0, (at - start) / (cfg.epochs - start)))
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def check_schedule_extends(before: dict, cfg: TrainConfig, done: int, where: str) -> None:
+    """Refuse to resume ``done`` epochs trained under config ``before`` (a checkpoint's) into
+    ``cfg`` unless they ran at the learning rates ``cfg`` gives them: a constant-rate run can be
+    extended, or given a decaying tail that starts after its last epoch; a decaying one cannot."""
+    old = TrainConfig(**{k: before.get(k, getattr(cfg, k)) for k in ("epochs", "lr", "lr_schedule")},
+                      lr_decay_epochs=before.get("lr_decay_epochs", 0))   # older checkpoints: none
+    new_start, old_start = decay_start(cfg), decay_start(old)
+    same = (old.lr, old.epochs, old.lr_schedule, old.lr_decay_epochs) == \
+        (cfg.lr, cfg.epochs, cfg.lr_schedule, cfg.lr_decay_epochs)
+    if same or (old.lr == cfg.lr and done <= min(new_start, old_start)):
+        return
+    raise ValueError(f"{where}: its {done} epoch(s) ran at another learning rate than this run "
+                     f"gives them ({old.lr_schedule}, lr {old.lr}, {old.epochs} epochs, decay over the "
+                     f"last {old.lr_decay_epochs} there; {cfg.lr_schedule}, lr {cfg.lr}, {cfg.epochs} "
+                     f"epochs, decay over the last {cfg.lr_decay_epochs} here; a constant-rate run can "
+                     "be extended or given a decaying tail that starts after its last epoch): "
+                     "use another checkpoint path")
+
+
 def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimizers,
                 cfg: TrainConfig, data_gen: torch.Generator, noise_gen: torch.Generator,
                 desc: str = "train", shared_weight: float = 1.0, sync=None, epoch: int = 0) -> dict:
@@ -270,9 +315,9 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimiz
             losses["total"].backward()
             if sync is not None:
                 sync(model)
-            if cfg.lr_schedule == "cosine":
-                frac = (epoch + steps / total_steps) / cfg.epochs
-                opt.set_lr(cfg.lr * 0.5 * (1 + math.cos(math.pi * frac)))
+            lr = scheduled_lr(cfg, epoch + steps / total_steps)
+            if lr is not None:
+                opt.set_lr(lr)
             opt.step(sl)
             steps += 1
             loss_sum += losses["total"].detach()
@@ -396,10 +441,7 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
     if checkpoint is not None and Path(checkpoint).exists():
         ck = safe_load(checkpoint, "NoProp checkpoint")
         before = ck.get("config", {})
-        if cfg.lr_schedule == "cosine" and before.get("epochs", cfg.epochs) != cfg.epochs:
-            raise ValueError(f"{checkpoint} is a run of {before['epochs']} epochs with a cosine "
-                             f"learning rate; this one asks for {cfg.epochs}, whose schedule differs "
-                             "(a constant-rate run can be extended): use another checkpoint path")
+        check_schedule_extends(before, cfg, ck["epoch"], str(checkpoint))
         model.load_state_dict(ck["model"])
         runner.load_state_dict(ck)
         history, best, best_state, start = ck["history"], ck["best"], ck["best_state"], ck["epoch"]

@@ -46,6 +46,11 @@ def test_row_settings_reach_the_models():
     assert fm.predict_modes["stochastic"] == {"steps": 100, "stochastic": True, "runs": 5}
     with pytest.raises(ValueError, match="kind expected one of"):
         build_model({"name": "x", "kind": "magic"}, None)
+    # a shared decaying tail reaches constant-rate rows; a cosine row keeps its own schedule
+    long = load_config("gpu_long", ["train.lr_decay_epochs=10"])
+    by_name = {r["name"]: r for r in long["rows"]}
+    assert row_train_config(by_name["noprop-ct-resnet18"], long["train"], 0).lr_decay_epochs == 10
+    assert row_train_config(by_name["backprop-resnet18"], long["train"], 0).lr_decay_epochs == 0
 
 
 def test_quick_table_runs_resumes_and_writes_outputs(fmnist_root, tmp_path, capsys):

@@ -328,3 +328,42 @@ def test_epoch_loss_is_the_mean_of_the_step_losses():
     assert stats["steps"] == len(seen) == 3
     assert stats["loss"] == pytest.approx(sum(seen) / 3, rel=1e-12)
     assert len(set(seen)) == 3                            # three different batches were trained
+
+
+def test_constant_rate_with_a_decaying_tail():
+    """lr_decay_epochs: constant until the last N epochs, then a cosine to 0; validated."""
+    from diffpolicy.noprop.train import scheduled_lr
+    cfg = _cfg(epochs=10, lr=1e-2, lr_decay_epochs=4)
+    assert [scheduled_lr(cfg, e) for e in (0, 3.5, 6)] == [pytest.approx(1e-2)] * 3
+    assert scheduled_lr(cfg, 8) == pytest.approx(5e-3) and scheduled_lr(cfg, 10) == pytest.approx(0)
+    assert scheduled_lr(_cfg(epochs=10), 9) is None                     # plain constant: untouched
+    assert scheduled_lr(_cfg(epochs=10, lr_schedule="cosine"), 5) == pytest.approx(5e-4)
+    for bad in (-1, 11, 2.5, True):
+        with pytest.raises(ValueError, match="lr_decay_epochs: expected"):
+            _cfg(epochs=10, lr_decay_epochs=bad)
+    with pytest.raises(ValueError, match="tails a constant rate"):
+        _cfg(epochs=10, lr_decay_epochs=2, lr_schedule="cosine")
+
+
+def test_a_constant_rate_run_resumes_into_a_decaying_tail_that_starts_after_it(tmp_path):
+    data = tiny_splits(n_train=32)
+    quiet = dict(log=lambda *_: None)
+    ck = tmp_path / "ck.pt"
+    fit(_dt(), data, _cfg(epochs=1, max_steps_per_epoch=1), checkpoint=ck, **quiet)
+    keep = ck.read_bytes()
+    with pytest.raises(ValueError, match="ran at another learning rate"):   # tail would cover epoch 1
+        fit(_dt(), data, _cfg(epochs=2, max_steps_per_epoch=1, lr_decay_epochs=2), checkpoint=ck, **quiet)
+    assert ck.read_bytes() == keep                                           # refused before touching it
+    seen = []
+    from diffpolicy.noprop import train as train_mod
+    orig = train_mod.Optimizers.set_lr
+    train_mod.Optimizers.set_lr = lambda self, lr: (seen.append(lr), orig(self, lr))[1]
+    try:
+        res = fit(_dt(), data, _cfg(epochs=3, max_steps_per_epoch=1, lr_decay_epochs=2),
+                  checkpoint=ck, **quiet)
+    finally:
+        train_mod.Optimizers.set_lr = orig
+    assert len(res["history"]) == 3
+    assert seen == [pytest.approx(1e-3), pytest.approx(5e-4)]      # epochs 2 and 3 start the tail
+    with pytest.raises(ValueError, match="ran at another learning rate"):   # a decayed run is fixed
+        fit(_dt(), data, _cfg(epochs=4, max_steps_per_epoch=1, lr_decay_epochs=2), checkpoint=ck, **quiet)
