@@ -88,8 +88,8 @@ def row_train_config(row: dict, train: dict, seed: int) -> TrainConfig:
     kw = {k: v for k, v in train.items() if k in TrainConfig.__dataclass_fields__}
     if row["kind"] != "dt":                      # the shared block_workers splits NoProp-DT rows only
         kw.pop("block_workers", None)
-    kw.update({k: v for k, v in row.get("train", {}).items()})
     own = row.get("train", {})
+    kw.update(own)
     if own.get("lr_schedule") == "cosine" and "lr_decay_epochs" not in own:
         kw.pop("lr_decay_epochs", None)          # a shared decaying tail: not for a row's own cosine
     kw["epochs"], kw["seed"] = row["epochs"], seed

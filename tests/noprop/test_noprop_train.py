@@ -232,21 +232,23 @@ def test_block_parallel_fit_refuses_what_it_cannot_split():
         fit(_dt(), data, _cfg(block_workers=4, precision="fp32", layout="fused"), log=lambda *_: None)
 
 
-def test_cosine_schedule_decays_the_learning_rate_to_zero():
-    data = tiny_splits(n_train=32)
-    m = _dt()
-    seen = []
-    from diffpolicy.noprop import train as train_mod
-    orig = train_mod.Optimizers.set_lr
+@pytest.fixture
+def rates_set(monkeypatch) -> list[float]:
+    """Every learning rate training sets (``Optimizers.set_lr``), in order."""
+    from diffpolicy.noprop.train import Optimizers
+    seen, orig = [], Optimizers.set_lr
 
     def spy(self, lr):
         seen.append(lr)
         orig(self, lr)
-    train_mod.Optimizers.set_lr = spy
-    try:
-        fit(m, data, _cfg(epochs=2, lr=1e-2, lr_schedule="cosine"), log=lambda *_: None)
-    finally:
-        train_mod.Optimizers.set_lr = orig
+    monkeypatch.setattr(Optimizers, "set_lr", spy)
+    return seen
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero(rates_set):
+    data = tiny_splits(n_train=32)
+    fit(_dt(), data, _cfg(epochs=2, lr=1e-2, lr_schedule="cosine"), log=lambda *_: None)
+    seen = rates_set
     assert len(seen) == 4 and seen[0] == pytest.approx(1e-2) and seen[-1] < 1.5e-3
     assert all(a > b for a, b in zip(seen, seen[1:]))
     with pytest.raises(ValueError, match="lr_schedule: expected"):
@@ -345,7 +347,7 @@ def test_constant_rate_with_a_decaying_tail():
         _cfg(epochs=10, lr_decay_epochs=2, lr_schedule="cosine")
 
 
-def test_a_constant_rate_run_resumes_into_a_decaying_tail_that_starts_after_it(tmp_path):
+def test_a_constant_rate_run_resumes_into_a_decaying_tail_that_starts_after_it(tmp_path, rates_set):
     data = tiny_splits(n_train=32)
     quiet = dict(log=lambda *_: None)
     ck = tmp_path / "ck.pt"
@@ -354,16 +356,10 @@ def test_a_constant_rate_run_resumes_into_a_decaying_tail_that_starts_after_it(t
     with pytest.raises(ValueError, match="ran at another learning rate"):   # tail would cover epoch 1
         fit(_dt(), data, _cfg(epochs=2, max_steps_per_epoch=1, lr_decay_epochs=2), checkpoint=ck, **quiet)
     assert ck.read_bytes() == keep                                           # refused before touching it
-    seen = []
-    from diffpolicy.noprop import train as train_mod
-    orig = train_mod.Optimizers.set_lr
-    train_mod.Optimizers.set_lr = lambda self, lr: (seen.append(lr), orig(self, lr))[1]
-    try:
-        res = fit(_dt(), data, _cfg(epochs=3, max_steps_per_epoch=1, lr_decay_epochs=2),
-                  checkpoint=ck, **quiet)
-    finally:
-        train_mod.Optimizers.set_lr = orig
+    assert rates_set == []                                                  # constant: never set
+    res = fit(_dt(), data, _cfg(epochs=3, max_steps_per_epoch=1, lr_decay_epochs=2),
+              checkpoint=ck, **quiet)
     assert len(res["history"]) == 3
-    assert seen == [pytest.approx(1e-3), pytest.approx(5e-4)]      # epochs 2 and 3 start the tail
+    assert rates_set == [pytest.approx(1e-3), pytest.approx(5e-4)]      # epochs 2 and 3 start the tail
     with pytest.raises(ValueError, match="ran at another learning rate"):   # a decayed run is fixed
         fit(_dt(), data, _cfg(epochs=4, max_steps_per_epoch=1, lr_decay_epochs=2), checkpoint=ck, **quiet)
