@@ -19,7 +19,11 @@
 # checkpoints lands in $OUT/runs.tgz. CT_ROWS (default "18 50") and SEED_ROWS (default none) pick the runs: on
 # 2026-11-30 the three processes kept the H200 99 % busy (CT ResNet-18 12.6 s an epoch, ResNet-50
 # 18.6 s; backprop ResNet-18 took 3.5 s alone), so CT_ROWS=18 SEED_ROWS= gives one row more
-# epochs. Local dry run on a CPU:
+# epochs. CT_EPOCHS=E CT_TAIL=K give the CT rows a fixed length with a K-epoch cosine tail
+# (`epochs=E train.lr_decay_epochs=K`; on CPU a 6-epoch tail lifted CT ResNet-18 by ~3 points):
+# a row that finishes writes its own result; one stopped before its tail is tested as above; one
+# stopped inside its tail is reported and not tested (its last epochs ran at other rates).
+# Local dry run on a CPU:
 #   OUT=/tmp/o NO_WHEELS=1 TRAIN_S=70 C_S=110 END_S=150 \
 #     EXTRA="train.device=cpu threads=1 data.train_subset=512 data.test_subset=256 train.max_steps_per_epoch=2" \
 #     bash benchmarks/noprop_gpu_lease.sh
@@ -46,6 +50,11 @@ EXTRA=${EXTRA:-}
 CT_ROWS=${CT_ROWS-18 50}    # NoProp-CT ResNet rows to train (gpu_long), each in its own process
 SEED_ROWS=${SEED_ROWS-}     # rows of --config gpu to train for seeds 1-2, e.g. backprop-dt,noprop-dt ('' = none:
                             # paper_table has seeds 0-2 of every row since 2026-11-30)
+CT_EPOCHS=${CT_EPOCHS:-}     # CT rows' epochs ('' = gpu_long's 100, stopped at TRAIN_S)
+CT_TAIL=${CT_TAIL:-0}        # with CT_EPOCHS: the last CT_TAIL of them decay to 0 on a cosine
+CT_ARGS=()
+if [ -n "$CT_EPOCHS" ]; then CT_ARGS=("epochs=$CT_EPOCHS" "train.lr_decay_epochs=$CT_TAIL")
+elif [ "$CT_TAIL" != 0 ]; then echo "CT_TAIL needs CT_EPOCHS (the tail ends the run)"; exit 2; fi
 R=${R:-/tmp/runs}
 el() { echo $(( $(date +%s) - T0 )); }
 mkdir -p "$R" "$OUT"
@@ -78,7 +87,7 @@ stop() { alive "$1" || return 0; kill -TERM -- -"$1" 2>/dev/null; for _ in $(seq
          kill -KILL -- -"$1" 2>/dev/null; }
 CT=()
 for k in $CT_ROWS; do
-  CT+=("$(start "ct$k" --config gpu_long out_dir=$R/gl$k 'seeds=[0]' "only=[noprop-ct-resnet$k]")")
+  CT+=("$(start "ct$k" --config gpu_long out_dir=$R/gl$k 'seeds=[0]' "only=[noprop-ct-resnet$k]" "${CT_ARGS[@]+"${CT_ARGS[@]}"}")")
 done
 C=""    # no process
 [ -n "$SEED_ROWS" ] && C=$(start seeds --config gpu out_dir=$R/pt 'seeds=[1,2]' "only=[$SEED_ROWS]")
@@ -105,6 +114,10 @@ for k in $CT_ROWS; do
   [ -f "$dir/rows/${row}_seed0.json" ] && { echo "$row finished all its epochs"; continue; }
   [ -f "$ck" ] || { echo "$row: no checkpoint"; continue; }
   n=$(python3 -c "import torch; print(torch.load('$ck', map_location='cpu', weights_only=False)['epoch'])")
+  if [ -n "$CT_EPOCHS" ] && [ "$CT_TAIL" -gt 0 ] && [ "$n" -gt $(( CT_EPOCHS - CT_TAIL )) ]; then
+    echo "== $(el) s: $row stopped after epoch $n, inside its tail (epochs $(( CT_EPOCHS - CT_TAIL + 1 ))-$CT_EPOCHS): not a finished run, not tested"
+    continue
+  fi
   echo "== $(el) s: $row stopped after epoch $n: testing it as epochs=$n"
   FIN+=("$(start "fin$k" --config gpu_long out_dir="$dir" 'seeds=[0]' "only=[$row]" "epochs=$n")")
 done
