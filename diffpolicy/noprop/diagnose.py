@@ -32,7 +32,10 @@ draws), which is the whole model's posterior as the first block sees it:
 ``ct_diagnostics(model, x, y)`` does the same job for NoProp-CT: the embedding's
 geometry, the head on ``z_1 ~ q(z_1 | y)``, and ``denoiser_acc_t<t>``, the argmax
 accuracy of the denoiser's logits given ``z_t ~ q(z_t | y)`` at a few ``t``; at
-``t = 0`` z carries no label, so it is the image path's accuracy on its own.  The
+``t = 0`` z carries no label, so it is the image path's accuracy on its own;
+``denoiser_mean_p_true_t<t>``, the mean softmax mass on the true class there (at
+``t = 0`` the model's posterior ``p(y | x)``, which stochastic inference samples
+from, as block 1's does in NoProp-DT).  The
 CLI reads CT checkpoints too (the row's options from its finished record in
 ``rows/``, else the benchmark's ``config.json``, beside ``checkpoints/``; validation
 split always).
@@ -88,7 +91,7 @@ def ct_diagnostics(model: NoPropCT, x: torch.Tensor, y: torch.Tensor,
     ends = model.schedule.alpha_bar(torch.tensor([0.0, 1.0], device=model.head.weight.device))
     out = _embedding_and_head(model, ends[1], n_per_class, g)
     out["noise_std_t1"] = float((1 - ends[1]).sqrt())
-    correct = torch.zeros(len(ts))
+    correct, p_true = torch.zeros(len(ts)), torch.zeros(len(ts), dtype=torch.float64)
     abars = model.schedule.alpha_bar(torch.tensor(ts, device=ends.device))   # one per t
     with eval_mode(model):
         for i in range(0, len(x), batch):
@@ -98,8 +101,11 @@ def ct_diagnostics(model: NoPropCT, x: torch.Tensor, y: torch.Tensor,
             for j, (t, abar) in enumerate(zip(ts, abars)):
                 tt = torch.full((len(yb),), t, device=feats.device)
                 z = abar.sqrt() * u + (1 - abar).sqrt() * randn_like_device(u.shape, g, u)
-                correct[j] += (model.logits(feats, z, tt).argmax(-1).cpu() == yb.cpu()).sum()
+                logits = model.logits(feats, z, tt).float().cpu()
+                correct[j] += (logits.argmax(-1) == yb.cpu()).sum()
+                p_true[j] += torch.softmax(logits, -1)[torch.arange(len(yb)), yb.cpu()].sum()
     out.update({f"denoiser_acc_t{t:g}": float(c / len(y)) for t, c in zip(ts, correct)})
+    out.update({f"denoiser_mean_p_true_t{t:g}": float(m / len(y)) for t, m in zip(ts, p_true)})
     return out
 
 

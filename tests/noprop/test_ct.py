@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -334,8 +335,9 @@ def test_schedule_diagnostics_weights_sum_to_one_and_match_the_snr():
 
 def test_ct_diagnostics_read_the_denoiser_by_t_and_load_from_a_benchmark_checkpoint(tmp_path):
     """A denoiser whose logits ignore x, z and t (last layer zeroed, bias fixed) is right on
-    exactly the examples of its favourite class at every t; one-hot embeddings have norm 1
-    and pairs sqrt(2) apart; the CLI route rebuilds the row from the benchmark's config.json or the finished row's record."""
+    exactly the examples of its favourite class at every t, with the same mass on the true
+    class; one-hot embeddings have norm 1 and pairs sqrt(2) apart; the CLI route rebuilds the
+    row from the benchmark's config.json or the finished row's record."""
     import json
     from types import SimpleNamespace
     from diffpolicy.noprop.diagnose import _model_from_checkpoint, ct_diagnostics
@@ -350,6 +352,9 @@ def test_ct_diagnostics_read_the_denoiser_by_t_and_load_from_a_benchmark_checkpo
     x, y = torch.randn(10, 1, 28, 28), torch.tensor([0, 0, 0, 1, 2, 3, 1, 2, 3, 1])
     d = ct_diagnostics(model, x, y, ts=(0.0, 1.0), n_per_class=50, batch=4)
     assert d["denoiser_acc_t0"] == d["denoiser_acc_t1"] == pytest.approx(0.3)
+    # softmax([3, 0, 0, 0]): class 0's 3 examples put e^3 / (e^3 + 3) on it, the 7 others 1 / (e^3 + 3)
+    p_true = (3 * math.exp(3) + 7) / (math.exp(3) + 3) / 10
+    assert d["denoiser_mean_p_true_t0"] == d["denoiser_mean_p_true_t1"] == pytest.approx(p_true)
     assert d["embed_norm_mean"] == pytest.approx(1.0) and d["min_pair_distance"] == pytest.approx(2 ** 0.5)
     assert 0 < d["noise_std_t1"] < 0.5 and d["head_acc_on_q_zT"] > 0.9
     (tmp_path / "checkpoints").mkdir()
