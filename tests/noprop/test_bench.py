@@ -235,6 +235,8 @@ def test_unknown_config_keys_are_refused(capsys):
     base = ct_rows["ct-importance"]
     assert dict(ct_rows["ct-clean-end"], name=base["name"]) == dict(base, gamma_1=-8.0) and "gamma_1" not in base
     assert dict(ct_rows["ct-eta-0.1"], name=base["name"]) == dict(base, eta=0.1) and "eta" not in base
+    assert dict(ct_rows["ct-importance-adamw"], name=base["name"]) \
+        == dict(base, train=dict(base["train"], optimizer="adamw")) and base["train"]["optimizer"] == "adam"
     assert {r["t_sampling"] for r in paper["rows"] if r["kind"] == "ct"} == {"importance"}
     bad = dict(cfg, train=dict(cfg["train"], precison="bf16"))
     with pytest.raises(ValueError, match="unknown NoProp config key train.precison"):
