@@ -47,7 +47,8 @@ TRAIN_S=${TRAIN_S:-420}     # stop the two long CT runs (s after the start)
 C_S=${C_S:-470}             # stop the seed rows
 END_S=${END_S:-520}         # stop waiting for the CT runs' tests
 EXTRA=${EXTRA:-}
-CT_ROWS=${CT_ROWS-18 50}    # NoProp-CT ResNet rows to train (gpu_long), each in its own process
+CT_ROWS=${CT_ROWS-18 50}    # NoProp-CT ResNet rows to train (gpu_long), each in its own process:
+                            # K trains noprop-ct-resnetK, e.g. "18-adamw" its AdamW twin
 SEED_ROWS=${SEED_ROWS-}     # rows of --config gpu to train for seeds 1-2, e.g. backprop-dt,noprop-dt ('' = none:
                             # paper_table has seeds 0-2 of every row since 2026-11-30)
 CT_EPOCHS=${CT_EPOCHS:-}     # CT rows' epochs ('' = gpu_long's 100, stopped at TRAIN_S)

@@ -201,7 +201,13 @@ def test_unknown_config_keys_are_refused(capsys):
     check_config(gpu)
     check_config(gpu_long)
     assert gpu["rows"] == paper["rows"] and gpu["train"]["device"] == "cuda" and gpu["workers"] == 1
-    assert [r["name"] for r in gpu_long["rows"]] == [r["name"] for r in paper["rows"]]
+    gl_rows = {r["name"]: r for r in gpu_long["rows"]}
+    assert list(gl_rows)[:len(paper["rows"])] == [r["name"] for r in paper["rows"]]
+    for k in (18, 50):       # the -adamw rows change only the optimiser against the paper's CT rows
+        twin = gl_rows[f"noprop-ct-resnet{k}"]
+        assert dict(gl_rows[f"noprop-ct-resnet{k}-adamw"], name=twin["name"]) \
+            == dict(twin, train={"optimizer": "adamw"}) and twin["train"] == {"optimizer": "adam"}
+    assert len(gl_rows) == len(paper["rows"]) + 2
     assert gpu_long["train"]["device"] == "cuda" and gpu_long["seeds"] == [0, 1, 2]
     assert paper["workers"] == 2 and {r.get("stem") for r in paper["rows"][2:]} == {"small"}
     ct = build_model(paper["rows"][3], type("D", (), {"n_classes": 10})())
