@@ -286,6 +286,21 @@ def check_schedule_extends(before: dict, cfg: TrainConfig, done: int, where: str
                      "use another checkpoint path")
 
 
+RESUME_FIXED = ("batch_size", "weight_decay", "optimizer", "augment", "block_schedule")
+
+
+def check_same_training(before: dict, cfg: TrainConfig, where: str) -> None:
+    """Refuse to resume epochs trained under config ``before`` (a checkpoint's) into ``cfg`` when
+    a setting in ``RESUME_FIXED`` differs: the result would mix two recipes under one name.
+    Execution settings (precision, layout, device, threads) may change between processes."""
+    defaults = TrainConfig()
+    changed = [f"{k} {before.get(k, getattr(defaults, k))!r} there, {getattr(cfg, k)!r} here"
+               for k in RESUME_FIXED if before.get(k, getattr(defaults, k)) != getattr(cfg, k)]
+    if changed:
+        raise ValueError(f"{where}: its epochs trained with other settings than this run's "
+                         f"({'; '.join(changed)}): use another checkpoint path")
+
+
 def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimizers,
                 cfg: TrainConfig, data_gen: torch.Generator, noise_gen: torch.Generator,
                 desc: str = "train", shared_weight: float = 1.0, sync=None, epoch: int = 0) -> dict:
@@ -442,6 +457,7 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
         ck = safe_load(checkpoint, "NoProp checkpoint")
         before = ck.get("config", {})
         check_schedule_extends(before, cfg, ck["epoch"], str(checkpoint))
+        check_same_training(before, cfg, str(checkpoint))
         model.load_state_dict(ck["model"])
         runner.load_state_dict(ck)
         history, best, best_state, start = ck["history"], ck["best"], ck["best_state"], ck["epoch"]

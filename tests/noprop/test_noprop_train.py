@@ -363,3 +363,22 @@ def test_a_constant_rate_run_resumes_into_a_decaying_tail_that_starts_after_it(t
     assert rates_set == [pytest.approx(1e-3), pytest.approx(5e-4)]      # epochs 2 and 3 start the tail
     with pytest.raises(ValueError, match="ran at another learning rate"):   # a decayed run is fixed
         fit(_dt(), data, _cfg(epochs=4, max_steps_per_epoch=1, lr_decay_epochs=2), checkpoint=ck, **quiet)
+
+
+def test_a_run_does_not_resume_under_another_recipe(tmp_path):
+    """Augmentation, optimiser, batch size, weight decay or block schedule changed on resume:
+    refused before the checkpoint is touched; execution settings (precision) may change."""
+    data = tiny_splits(n_train=32)
+    quiet = dict(log=lambda *_: None)
+    ck = tmp_path / "ck.pt"
+    fit(_dt(), data, _cfg(epochs=1, max_steps_per_epoch=1), checkpoint=ck, **quiet)
+    keep = ck.read_bytes()
+    for change, named in ((dict(augment="crop_flip"), "augment 'none' there, 'crop_flip' here"),
+                          (dict(optimizer="adam"), "optimizer 'adamw' there, 'adam' here"),
+                          (dict(batch_size=8), "batch_size 16 there, 8 here"), (dict(weight_decay=0.0), "weight_decay"),
+                          (dict(block_schedule="random"), "block_schedule")):
+        with pytest.raises(ValueError, match=f"other settings than this run's.*{named}"):
+            fit(_dt(), data, _cfg(epochs=2, max_steps_per_epoch=1, **change), checkpoint=ck, **quiet)
+        assert ck.read_bytes() == keep
+    res = fit(_dt(), data, _cfg(epochs=2, max_steps_per_epoch=1, precision="fp32"), checkpoint=ck, **quiet)
+    assert len(res["history"]) == 2
