@@ -293,9 +293,10 @@ def check_same_training(before: dict, cfg: TrainConfig, where: str) -> None:
     """Refuse to resume epochs trained under config ``before`` (a checkpoint's) into ``cfg`` when
     a setting in ``RESUME_FIXED`` differs: the result would mix two recipes under one name.
     Execution settings (precision, layout, device, threads) may change between processes."""
-    defaults = TrainConfig()
-    changed = [f"{k} {before.get(k, getattr(defaults, k))!r} there, {getattr(cfg, k)!r} here"
-               for k in RESUME_FIXED if before.get(k, getattr(defaults, k)) != getattr(cfg, k)]
+    defaults = TrainConfig()                     # older checkpoints lack the newer settings
+    was = {k: before.get(k, getattr(defaults, k)) for k in RESUME_FIXED}
+    changed = [f"{k} {was[k]!r} there, {getattr(cfg, k)!r} here"
+               for k in RESUME_FIXED if was[k] != getattr(cfg, k)]
     if changed:
         raise ValueError(f"{where}: its epochs trained with other settings than this run's "
                          f"({'; '.join(changed)}): use another checkpoint path")

@@ -375,7 +375,8 @@ def test_a_run_does_not_resume_under_another_recipe(tmp_path):
     keep = ck.read_bytes()
     for change, named in ((dict(augment="crop_flip"), "augment 'none' there, 'crop_flip' here"),
                           (dict(optimizer="adam"), "optimizer 'adamw' there, 'adam' here"),
-                          (dict(batch_size=8), "batch_size 16 there, 8 here"), (dict(weight_decay=0.0), "weight_decay"),
+                          (dict(batch_size=8), "batch_size 16 there, 8 here"),
+                          (dict(weight_decay=0.0), "weight_decay"),
                           (dict(block_schedule="random"), "block_schedule")):
         with pytest.raises(ValueError, match=f"other settings than this run's.*{named}"):
             fit(_dt(), data, _cfg(epochs=2, max_steps_per_epoch=1, **change), checkpoint=ck, **quiet)
