@@ -60,7 +60,7 @@ def allreduce_shared(model: NoPropDT) -> None:
 class BlockWorkers:
     """Rank 0 of block-parallel training; the interface of ``train.EpochRunner``.
 
-    ``model`` is the full NoPropDT, updated in place after every epoch; ``runner`` is the
+    ``model`` (also ``evaluated``) is the full NoPropDT, updated in place after every epoch; ``runner`` is the
     class that trains one process's share for an epoch (``train.EpochRunner``).  The helpers
     start at the first ``train_epoch`` (after a resume has loaded its state) and stop
     at ``close``.  Their state in a checkpoint is ``{"block_workers": [rank 0's, ...]}``.
@@ -77,6 +77,7 @@ class BlockWorkers:
             raise ValueError(f"block_workers > 1 runs on CPU processes (gloo); device is "
                              f"{cfg.device!r}")
         self.model, self.cfg, self.x, self.y, self.runner = model, cfg, x, y, runner
+        self.evaluated = model                                  # no weight average (cfg.ema) here
         self.n = cfg.block_workers
         block_partition(model.T, self.n)                       # world size within 1..T
         self.states: list[dict] | None = None                  # per rank, from a checkpoint

@@ -13,6 +13,11 @@ T separate AdamW optimisers.  The head and ``W_embed`` use ``torch.optim.AdamW``
 ``optimizer="adam"`` makes every one of them Adam with an L2 penalty
 (``weight_decay`` added to the gradient), as the NoProp paper's CT runs.
 
+``ema=True`` keeps an exponential moving average of the weights
+(:class:`diffpolicy.policy.ema.EMA`, the policy's warm-up schedule: decay 0.994 after 1000
+steps, 0.998 after 5000), updated after every optimiser step; validation, model selection
+and the test then use the average, and the live weights go on training.
+
 Inference modes (``predict_modes``) are keyword sets for ``model.predict``; a
 mode with ``runs: n`` and ``stochastic: True`` is tested n times with sampling
 seeds ``seed + 2 .. seed + 1 + n`` (mean in ``test_acc``, each run in
@@ -39,6 +44,7 @@ from diffpolicy.noprop import execution
 from diffpolicy.noprop.blocks import StackedPaperBlocks
 from diffpolicy.noprop.dt import NoPropDT
 from diffpolicy.noprop.parallel import BlockWorkers, share
+from diffpolicy.policy.ema import EMA
 from diffpolicy.serialization import safe_load
 
 BLOCK_SCHEDULES = ("all", "sweep", "random")
@@ -71,6 +77,7 @@ class TrainConfig:
     progress: bool = True
     device: str = "cpu"                        # "cuda" moves model and data (untested here)
     block_workers: int = 1                     # NoProp-DT: blocks split over this many CPU processes
+    ema: bool = False                          # validate, select and test a moving average of the weights
 
     def __post_init__(self):
         if self.block_schedule not in BLOCK_SCHEDULES:
@@ -98,6 +105,10 @@ class TrainConfig:
         if not isinstance(self.block_workers, int) or isinstance(self.block_workers, bool) \
                 or self.block_workers < 1:
             raise ValueError(f"block_workers: expected a whole number >= 1, got {self.block_workers!r}")
+        if not isinstance(self.ema, bool):
+            raise ValueError(f"ema: expected true or false, got {self.ema!r}")
+        if self.ema and self.block_workers > 1:
+            raise ValueError("ema: the weight average is kept in one process; it needs block_workers=1")
 
 
 def autocast(precision: str, device: str = "cpu"):
@@ -286,7 +297,7 @@ def check_schedule_extends(before: dict, cfg: TrainConfig, done: int, where: str
                      "use another checkpoint path")
 
 
-RESUME_FIXED = ("batch_size", "weight_decay", "optimizer", "augment", "block_schedule")
+RESUME_FIXED = ("batch_size", "weight_decay", "optimizer", "augment", "block_schedule", "ema")
 
 
 def check_same_training(before: dict, cfg: TrainConfig, where: str) -> None:
@@ -304,10 +315,12 @@ def check_same_training(before: dict, cfg: TrainConfig, where: str) -> None:
 
 def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimizers,
                 cfg: TrainConfig, data_gen: torch.Generator, noise_gen: torch.Generator,
-                desc: str = "train", shared_weight: float = 1.0, sync=None, epoch: int = 0) -> dict:
+                desc: str = "train", shared_weight: float = 1.0, sync=None, epoch: int = 0,
+                ema: EMA | None = None) -> dict:
     """One epoch (see module docstring); returns ``loss`` (mean total), ``seconds``, ``steps``.
 
-    ``epoch`` (0-based) places the epoch in ``cfg.lr_schedule``."""
+    ``epoch`` (0-based) places the epoch in ``cfg.lr_schedule``; ``ema`` is updated after
+    every optimiser step."""
     model.train()
     n_batches = -(-len(x) // cfg.batch_size)
     plan = epoch_plan(model, n_batches, cfg.block_schedule, data_gen)
@@ -335,6 +348,8 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimiz
             if lr is not None:
                 opt.set_lr(lr)
             opt.step(sl)
+            if ema is not None:
+                ema.update(model)
             steps += 1
             loss_sum += losses["total"].detach()
             if bar is not None:
@@ -352,7 +367,8 @@ class EpochRunner:
 
     ``train_epoch(epoch, desc)`` runs :func:`diffpolicy.noprop.train.train_epoch`;
     ``state_dict`` / ``load_state_dict`` carry the optimiser, the data and noise
-    generators and torch's global generator (dropout) across a checkpoint.
+    generators, torch's global generator (dropout) and the weight average (``cfg.ema``)
+    across a checkpoint; ``evaluated`` is the model validation and the test read.
     """
 
     def __init__(self, model: nn.Module, cfg, x: torch.Tensor, y: torch.Tensor,
@@ -362,15 +378,18 @@ class EpochRunner:
         self.opt = Optimizers(model, cfg)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.ema = EMA(model) if cfg.ema else None
+        self.evaluated = self.ema.averaged if self.ema else model
 
     def train_epoch(self, epoch: int, desc: str) -> dict:
         return train_epoch(self.model, self.x, self.y, self.opt, self.cfg, self.data_gen,
                            self.noise_gen, desc=desc, shared_weight=self.shared_weight,
-                           sync=self.sync, epoch=epoch)
+                           sync=self.sync, epoch=epoch, ema=self.ema)
 
     def state_dict(self) -> dict:
         return {"opt": self.opt.state_dict(), "data_gen": self.data_gen.get_state(),
-                "noise_gen": self.noise_gen.get_state(), "torch_rng": torch.get_rng_state()}
+                "noise_gen": self.noise_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                **({"ema": self.ema.state_dict()} if self.ema else {})}
 
     def load_state_dict(self, state: dict) -> None:
         if "block_workers" in state:              # the twin check: parallel.BlockWorkers.load_state_dict
@@ -378,6 +397,8 @@ class EpochRunner:
                              f"{len(state['block_workers'])}; this config trains in one process "
                              "(use the same setting, or another checkpoint path)")
         self.opt.load_state_dict(state["opt"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
         self.data_gen.set_state(state["data_gen"])
         self.noise_gen.set_state(state["noise_gen"])
         torch.set_rng_state(state["torch_rng"])
@@ -436,7 +457,8 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
 
     Validation uses the first of ``cfg.predict_modes`` (with ``cfg.val_overrides``); the test set is touched
     only after training, by the selected model, in every mode.  With
-    ``checkpoint`` the state is saved after every epoch and a rerun resumes.
+    ``checkpoint`` the state is saved after every epoch and a rerun resumes.  With ``cfg.ema``
+    validation reads the weight average, and ``model`` ends holding the selected average.
     ``cfg.block_workers > 1`` (NoProp-DT) trains shares of the blocks in that many processes
     (:mod:`.parallel`); validation, checkpoints and the test run here on the merged model.
     Returns ``history`` (per epoch: loss, seconds, steps, val_acc), ``best_epoch``,
@@ -465,19 +487,20 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
         earlier = float(ck.get("fit_seconds", 0.0))      # checkpoints from before it: 0
         log(f"{desc}: resumed after epoch {start}")
     modes = list(cfg.predict_modes.items())
+    evaluated = runner.evaluated                     # the model, or its weight average (cfg.ema)
     try:
         for epoch in range(start, cfg.epochs):
             stats = runner.train_epoch(epoch, desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}")
-            stats["val_acc"] = accuracy(model, data.val_x, data.val_y, cfg.eval_batch, cfg.precision,
+            stats["val_acc"] = accuracy(evaluated, data.val_x, data.val_y, cfg.eval_batch, cfg.precision,
                                         **_one_run({**modes[0][1], **cfg.val_overrides}, cfg.seed + 2))
             stats["epoch"] = epoch + 1
-            if hasattr(model, "schedule_diagnostics"):      # NoProp-CT: learned gamma(t), loss weight by t
-                stats["schedule"] = model.schedule_diagnostics()
+            if hasattr(evaluated, "schedule_diagnostics"):  # NoProp-CT: learned gamma(t), loss weight by t
+                stats["schedule"] = evaluated.schedule_diagnostics()
             history.append(stats)
             log(f"{desc}: epoch {epoch + 1}/{cfg.epochs} loss {stats['loss']:.4f} "
                 f"val {100 * stats['val_acc']:.2f}% ({stats['seconds']:.0f} s)")
             if stats["val_acc"] > best:
-                best, best_state = stats["val_acc"], copy.deepcopy(model.state_dict())
+                best, best_state = stats["val_acc"], copy.deepcopy(evaluated.state_dict())
             if checkpoint is not None:
                 _save_atomic({"model": model.state_dict(), **runner.state_dict(), "history": history,
                               "best": best, "best_state": best_state, "epoch": epoch + 1,

@@ -10,7 +10,7 @@ from diffpolicy.noprop.backprop import BackpropDT
 from diffpolicy.noprop.blocks import StackedPaperBlocks
 from diffpolicy.noprop.dt import NoPropDT
 from diffpolicy.noprop.parallel import block_partition
-from diffpolicy.noprop.train import BlockAdamW, TrainConfig, epoch_plan, fit, predict_all
+from diffpolicy.noprop.train import BlockAdamW, TrainConfig, accuracy, epoch_plan, fit, predict_all
 from noprop_helpers import IMG, tiny_splits
 
 K = 4
@@ -377,9 +377,49 @@ def test_a_run_does_not_resume_under_another_recipe(tmp_path):
                           (dict(optimizer="adam"), "optimizer 'adamw' there, 'adam' here"),
                           (dict(batch_size=8), "batch_size 16 there, 8 here"),
                           (dict(weight_decay=0.0), "weight_decay"),
-                          (dict(block_schedule="random"), "block_schedule")):
+                          (dict(block_schedule="random"), "block_schedule"),
+                          (dict(ema=True), "ema False there, True here")):
         with pytest.raises(ValueError, match=f"other settings than this run's.*{named}"):
             fit(_dt(), data, _cfg(epochs=2, max_steps_per_epoch=1, **change), checkpoint=ck, **quiet)
         assert ck.read_bytes() == keep
     res = fit(_dt(), data, _cfg(epochs=2, max_steps_per_epoch=1, precision="fp32"), checkpoint=ck, **quiet)
     assert len(res["history"]) == 2
+
+
+def test_ema_leaves_training_alone_and_is_what_is_selected_and_tested(tmp_path):
+    """With ema=True the live weights train exactly as without it; validation, the selected
+    model and the test read the average, which resumes from the checkpoint unchanged."""
+    data = tiny_splits()
+    quiet = dict(log=lambda *_: None)
+    fixed = dict(max_steps_per_epoch=3, precision="fp32", layout="fused")   # one kernel choice for all
+    plain_ck, ema_ck = tmp_path / "plain.pt", tmp_path / "ema.pt"
+    fit(_dt(dropout=0.2), data, _cfg(epochs=2, **fixed), checkpoint=plain_ck, **quiet)
+    m = _dt(dropout=0.2)
+    res = fit(m, data, _cfg(epochs=2, ema=True, **fixed), checkpoint=ema_ck, **quiet)
+    plain, ema = torch.load(plain_ck, weights_only=False), torch.load(ema_ck, weights_only=False)
+    assert all(torch.equal(plain["model"][k], ema["model"][k]) for k in plain["model"])
+    avg = ema["ema"]["averaged"]
+    assert ema["ema"]["optimization_step"] == 6 and 0 < ema["ema"]["decay"] < 1
+    assert not all(torch.equal(avg[k], ema["model"][k]) for k in avg)
+    best = ema["best_state"]                     # the average at the best epoch, now in the model
+    assert all(torch.equal(v, best[k]) for k, v in m.state_dict().items())
+    if res["best_epoch"] == 2:
+        assert all(torch.equal(avg[k], best[k]) for k in avg)
+    check = _dt()
+    check.load_state_dict(avg)
+    kw = dict(_cfg().predict_modes["deterministic"])
+    assert res["history"][-1]["val_acc"] == accuracy(check, data.val_x, data.val_y, 128, "fp32", **kw)
+    # resumed after epoch 1: the same average as the straight run
+    part_ck = tmp_path / "part.pt"
+    fit(_dt(dropout=0.2), data, _cfg(epochs=1, ema=True, **fixed), checkpoint=part_ck, **quiet)
+    fit(_dt(seed=5, dropout=0.2), data, _cfg(epochs=2, ema=True, **fixed),
+        checkpoint=part_ck, **quiet)
+    again = torch.load(part_ck, weights_only=False)["ema"]["averaged"]
+    assert all(torch.equal(again[k], avg[k]) for k in avg)
+
+
+def test_ema_is_a_flag_kept_in_one_process():
+    with pytest.raises(ValueError, match="ema: expected true or false"):
+        _cfg(ema="yes")
+    with pytest.raises(ValueError, match="ema: .*needs block_workers=1"):
+        _cfg(ema=True, block_workers=2)
