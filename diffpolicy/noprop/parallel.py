@@ -60,8 +60,8 @@ def allreduce_shared(model: NoPropDT) -> None:
 class BlockWorkers:
     """Rank 0 of block-parallel training; the interface of ``train.EpochRunner``.
 
-    ``model`` (also ``evaluated``) is the full NoPropDT, updated in place after every epoch; ``runner`` is the
-    class that trains one process's share for an epoch (``train.EpochRunner``).  The helpers
+    ``model`` (also ``evaluated``) is the full NoPropDT, updated in place after every epoch;
+    ``runner`` is the class that trains one process's share for an epoch (``train.EpochRunner``).  The helpers
     start at the first ``train_epoch`` (after a resume has loaded its state) and stop
     at ``close``.  Their state in a checkpoint is ``{"block_workers": [rank 0's, ...]}``.
     """

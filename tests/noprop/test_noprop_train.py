@@ -412,6 +412,8 @@ def test_ema_leaves_training_alone_and_is_what_is_selected_and_tested(tmp_path):
     # resumed after epoch 1: the same average as the straight run
     part_ck = tmp_path / "part.pt"
     fit(_dt(dropout=0.2), data, _cfg(epochs=1, ema=True, **fixed), checkpoint=part_ck, **quiet)
+    one = torch.load(part_ck, weights_only=False)          # one epoch: the selected state is the average
+    assert all(torch.equal(one["best_state"][k], v) for k, v in one["ema"]["averaged"].items())
     fit(_dt(seed=5, dropout=0.2), data, _cfg(epochs=2, ema=True, **fixed),
         checkpoint=part_ck, **quiet)
     again = torch.load(part_ck, weights_only=False)["ema"]["averaged"]
