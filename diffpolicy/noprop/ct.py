@@ -284,14 +284,21 @@ class NoPropCT(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, stochastic: bool = False, steps: int = 1000,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Logits ``(B, K)`` of ``head(z_1)`` after ``steps`` discretised steps; no label used."""
+                generator: torch.Generator | None = None, random_start: bool | None = None
+                ) -> torch.Tensor:
+        """Logits ``(B, K)`` of ``head(z_1)`` after ``steps`` discretised steps; no label used.
+
+        ``stochastic`` adds ``sqrt(c) eps`` at each step (the paper's sampler); ``random_start``
+        (default: ``stochastic``) draws ``z_0 ~ N(0, I)``, else ``z_0 = 0``.  Noise-free steps
+        from a random start are what the course paper's public code integrates.
+        """
+        random_start = stochastic if random_start is None else random_start
         with eval_mode(self):
             feats = self.image_features(x).float()
             b, d = x.shape[0], self.embed.dim
             grid = torch.linspace(0, 1, steps + 1, device=feats.device)
             abar = self.schedule.alpha_bar(grid)
-            z = randn_like_device((b, d), generator, feats) if stochastic else feats.new_zeros(b, d)
+            z = randn_like_device((b, d), generator, feats) if random_start else feats.new_zeros(b, d)
             for k in range(1, steps + 1):
                 a, bb, c = posterior_coefficients(abar[k - 1], abar[k])
                 z = a * self.uhat(feats, z, grid[k - 1].expand(b)) + bb * z

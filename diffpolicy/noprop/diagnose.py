@@ -35,7 +35,11 @@ accuracy of the denoiser's logits given ``z_t ~ q(z_t | y)`` at a few ``t``; at
 ``t = 0`` z carries no label, so it is the image path's accuracy on its own;
 ``denoiser_mean_p_true_t<t>``, the mean softmax mass on the true class there (at
 ``t = 0`` the model's posterior ``p(y | x)``, which stochastic inference samples
-from, as block 1's does in NoProp-DT).  The
+from, as block 1's does in NoProp-DT).  With ``--val``, ``ct_chain_accuracies``
+adds the whole chain's accuracy in three inference modes: ``deterministic_acc``
+(``z_0 = 0``, no noise), ``random_start_acc`` (``z_0 ~ N(0, I)``, no noise: what
+the course paper's public code integrates) and ``stochastic_acc`` (the paper's
+sampler), the last two averaged over ``runs`` draws.  The
 CLI reads CT checkpoints too (the row's options from its finished record in
 ``rows/``, else the benchmark's ``config.json``, beside ``checkpoints/``; validation
 split always).
@@ -131,6 +135,19 @@ def posterior_diagnostics(model: NoPropDT, x: torch.Tensor, y: torch.Tensor, dra
             "deterministic_acc": det, "stochastic_acc": sum(sto) / len(sto)}
 
 
+def ct_chain_accuracies(model: NoPropCT, x: torch.Tensor, y: torch.Tensor, steps: int = 1000,
+                        runs: int = 3, batch: int = 1000, seed: int = 0) -> dict[str, float]:
+    """NoProp-CT's inference chain on ``x (N, C, H, W)``, ``y (N,)`` in three modes (module doc)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def mean_of_runs(**kw) -> float:
+        return sum(accuracy(model, x, y, batch, steps=steps, generator=g, **kw)
+                   for _ in range(runs)) / runs
+    return {"deterministic_acc": accuracy(model, x, y, batch, steps=steps),
+            "random_start_acc": mean_of_runs(random_start=True),
+            "stochastic_acc": mean_of_runs(stochastic=True)}
+
+
 def _model_from_checkpoint(path: Path, splits: Callable[[], object] | None = None
                            ) -> NoPropDT | NoPropCT:
     """The model of a benchmark checkpoint (its selected epoch's weights).
@@ -179,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoints", nargs="+", type=Path, help="NoProp-DT or -CT benchmark checkpoints (.pt)")
     ap.add_argument("--json", type=Path, default=None, help="write {checkpoint name: diagnostics} here")
     ap.add_argument("--val", action="store_true",
-                    help="also block 1's posterior and the chain's accuracy on the validation split")
+                    help="also the chain's accuracy on the validation split (NoProp-DT: and block 1's "
+                         "posterior; NoProp-CT: in three inference modes)")
     ap.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: the Debian one)")
     args = ap.parse_args(argv)
     splits = functools.cache(lambda: fashion_mnist_splits(args.data_root))   # read once, if needed
@@ -188,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         model = _model_from_checkpoint(p, splits)
         if isinstance(model, NoPropCT):
             out[p.stem] = ct_diagnostics(model, splits().val_x, splits().val_y)
+            if args.val:
+                out[p.stem].update(ct_chain_accuracies(model, splits().val_x, splits().val_y))
             continue
         out[p.stem] = latent_diagnostics(model)
         if args.val:

@@ -49,7 +49,8 @@ def test_ct_loss_trains_backbone_schedule_embedding_and_head():
 def test_ct_inference_is_label_free_and_deterministic_mode_repeats():
     torch.manual_seed(0)
     m = NoPropCT("cnn", n_classes=4, image_size=IMG)
-    assert list(inspect.signature(m.predict).parameters) == ["x", "stochastic", "steps", "generator"]
+    assert list(inspect.signature(m.predict).parameters) == ["x", "stochastic", "steps", "generator",
+                                                             "random_start"]
     x = torch.randn(5, 1, IMG, IMG)
     out = m.predict(x, steps=20)
     assert out.shape == (5, 4)
@@ -57,6 +58,28 @@ def test_ct_inference_is_label_free_and_deterministic_mode_repeats():
     g = torch.Generator()
     torch.testing.assert_close(m.predict(x, True, 20, g.manual_seed(0)),
                                m.predict(x, True, 20, g.manual_seed(0)))
+
+
+def test_ct_random_start_draws_z0_and_adds_no_noise_on_the_way():
+    """One step by hand: ``head(a uhat(z_0, t=0) + b z_0)`` with ``z_0`` the generator's first
+    draw; the paper's sampler adds ``sqrt(c) eps`` on top, the zero start uses ``z_0 = 0``."""
+    from diffpolicy.noprop.dt import posterior_coefficients
+    torch.manual_seed(0)
+    m = NoPropCT("cnn", n_classes=4, image_size=IMG).eval()
+    x = torch.randn(5, 1, IMG, IMG)
+    g = torch.Generator()
+    with torch.no_grad():
+        feats = m.image_features(x).float()
+        z0 = torch.randn(5, m.embed.dim, generator=g.manual_seed(3))
+        a, b, _ = posterior_coefficients(*m.schedule.alpha_bar(torch.tensor([0.0, 1.0])))
+        by_hand = m.head(a * m.uhat(feats, z0, torch.zeros(5)) + b * z0)
+    torch.testing.assert_close(m.predict(x, steps=1, generator=g.manual_seed(3), random_start=True),
+                               by_hand)
+    assert not torch.allclose(m.predict(x, True, 1, g.manual_seed(3)), by_hand)
+    assert not torch.allclose(m.predict(x, steps=1), by_hand)
+    # random_start defaults to stochastic: the paper's sampler starts from noise
+    torch.testing.assert_close(m.predict(x, True, 5, g.manual_seed(1)),
+                               m.predict(x, True, 5, g.manual_seed(1), random_start=True))
 
 
 def test_ct_with_resnet18_backbone_runs_on_28px():
@@ -372,3 +395,22 @@ def test_ct_diagnostics_read_the_denoiser_by_t_and_load_from_a_benchmark_checkpo
     (tmp_path / "rows" / "ct-x_seed0.json").write_text(json.dumps({"config": {"row": row}}))
     loaded = _model_from_checkpoint(path, lambda: SimpleNamespace(n_classes=4))
     assert ct_diagnostics(loaded, x, y, ts=(0.0, 1.0), n_per_class=50, batch=4) == d
+
+
+def test_ct_chain_accuracies_average_seeded_runs_of_each_inference_mode():
+    """Each mode's figure is the accuracy of ``predict`` with that mode's keywords; the two random
+    modes average ``runs`` draws from one seeded generator, so they repeat and change with it."""
+    from diffpolicy.noprop.diagnose import ct_chain_accuracies
+    from diffpolicy.noprop.train import accuracy
+    torch.manual_seed(0)
+    m = NoPropCT("cnn", n_classes=4, image_size=IMG)
+    x, y = torch.randn(40, 1, IMG, IMG), torch.arange(40) % 4
+    d = ct_chain_accuracies(m, x, y, steps=4, runs=2, batch=16, seed=5)
+    assert set(d) == {"deterministic_acc", "random_start_acc", "stochastic_acc"}
+    g = torch.Generator().manual_seed(5)
+    rs = [accuracy(m, x, y, 16, steps=4, generator=g, random_start=True) for _ in range(2)]
+    sto = [accuracy(m, x, y, 16, steps=4, generator=g, stochastic=True) for _ in range(2)]
+    assert d["deterministic_acc"] == accuracy(m, x, y, 16, steps=4)
+    assert d["random_start_acc"] == pytest.approx(sum(rs) / 2)
+    assert d["stochastic_acc"] == pytest.approx(sum(sto) / 2)
+    assert ct_chain_accuracies(m, x, y, steps=4, runs=2, batch=16, seed=5) == d
