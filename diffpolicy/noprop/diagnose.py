@@ -62,6 +62,7 @@ from diffpolicy.noprop.ct import NoPropCT
 from diffpolicy.noprop.dt import NoPropDT
 from diffpolicy.noprop.train import accuracy
 from diffpolicy.serialization import safe_load
+from diffpolicy.speed import machine_info
 
 
 def _embedding_and_head(model: NoPropDT | NoPropCT, abar_end: torch.Tensor, n_per_class: int,
@@ -194,7 +195,8 @@ def _benchmark_row(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+", type=Path, help="NoProp-DT or -CT benchmark checkpoints (.pt)")
-    ap.add_argument("--json", type=Path, default=None, help="write {checkpoint name: diagnostics} here")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="write {checkpoint name: diagnostics, 'machine': ...} here")
     ap.add_argument("--val", action="store_true",
                     help="also the chain's accuracy on the validation split (NoProp-DT: and block 1's "
                          "posterior; NoProp-CT: in three inference modes)")
@@ -214,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             out[p.stem].update(posterior_diagnostics(model, splits().val_x, splits().val_y))
     for name, d in out.items():
         print(name, " ".join(f"{k}={v:.4f}" for k, v in d.items()))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    if args.json:                        # the machine beside the checkpoints' names (``*_seed<k>``)
+        args.json.write_text(json.dumps({**out, "machine": machine_info()}, indent=1) + "\n")
     return 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 
 import pytest
 import torch
@@ -257,6 +258,12 @@ def test_latent_diagnostics_read_the_embedding_and_the_head(tmp_path):
     path = tmp_path / "ck.pt"
     torch.save({"best_state": learned.state_dict(), "model": None}, path)
     assert latent_diagnostics(_model_from_checkpoint(path)) == small
+    # the CLI writes them by checkpoint name, with the machine that read them
+    from diffpolicy.noprop.diagnose import main
+    assert main([str(path), "--json", str(tmp_path / "diag.json")]) == 0
+    written = json.loads((tmp_path / "diag.json").read_text())
+    assert written["ck"] == pytest.approx(small) and set(written) == {"ck", "machine"}
+    assert written["machine"]["cpu_model"] and written["machine"]["torch"] == torch.__version__
 
 
 def test_posterior_diagnostics_read_block_one_and_the_chain():
