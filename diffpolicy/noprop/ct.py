@@ -292,10 +292,18 @@ class NoPropCT(nn.Module):
         (default: ``stochastic``) draws ``z_0 ~ N(0, I)``, else ``z_0 = 0``.  Noise-free steps
         from a random start are what the course paper's public code integrates.
         """
+        with eval_mode(self):
+            return self.predict_from_features(self.image_features(x).float(), stochastic, steps,
+                                              generator, random_start)
+
+    @torch.no_grad()
+    def predict_from_features(self, feats: torch.Tensor, stochastic: bool = False, steps: int = 1000,
+                              generator: torch.Generator | None = None,
+                              random_start: bool | None = None) -> torch.Tensor:
+        """:meth:`predict` on ``feats (B, F) = image_features(x)``: several chains, one image pass."""
         random_start = stochastic if random_start is None else random_start
         with eval_mode(self):
-            feats = self.image_features(x).float()
-            b, d = x.shape[0], self.embed.dim
+            b, d = feats.shape[0], self.embed.dim
             grid = torch.linspace(0, 1, steps + 1, device=feats.device)
             abar = self.schedule.alpha_bar(grid)
             z = randn_like_device((b, d), generator, feats) if random_start else feats.new_zeros(b, d)

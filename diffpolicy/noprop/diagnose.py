@@ -129,24 +129,35 @@ def posterior_diagnostics(model: NoPropDT, x: torch.Tensor, y: torch.Tensor, dra
                 first)[0].float(), -1) for _ in range(draws)) / draws
             post.append(p)
         post = torch.cat(post)                                                    # (N, K)
-    sto = [accuracy(model, x, y, batch, stochastic=True, generator=g) for _ in range(runs)]
+    sto = _mean_of_runs(lambda: accuracy(model, x, y, batch, stochastic=True, generator=g), runs)
     det = accuracy(model, x, y, batch)
     return {"block1_argmax_acc": float((post.argmax(-1) == y).float().mean()),
             "block1_mean_p_true": float(post[torch.arange(len(y)), y].mean()),
-            "deterministic_acc": det, "stochastic_acc": sum(sto) / len(sto)}
+            "deterministic_acc": det, "stochastic_acc": sto}
+
+
+def _mean_of_runs(run: Callable[[], float], runs: int) -> float:
+    """The mean of ``runs`` calls of ``run`` (each draws on from the caller's seeded generator)."""
+    return sum(run() for _ in range(runs)) / runs
 
 
 def ct_chain_accuracies(model: NoPropCT, x: torch.Tensor, y: torch.Tensor, steps: int = 1000,
                         runs: int = 3, batch: int = 1000, seed: int = 0) -> dict[str, float]:
-    """NoProp-CT's inference chain on ``x (N, C, H, W)``, ``y (N,)`` in three modes (module doc)."""
-    g = torch.Generator().manual_seed(seed)
+    """NoProp-CT's inference chain on ``x (N, C, H, W)``, ``y (N,)`` in three modes (module doc).
 
-    def mean_of_runs(**kw) -> float:
-        return sum(accuracy(model, x, y, batch, steps=steps, generator=g, **kw)
-                   for _ in range(runs)) / runs
-    return {"deterministic_acc": accuracy(model, x, y, batch, steps=steps),
-            "random_start_acc": mean_of_runs(random_start=True),
-            "stochastic_acc": mean_of_runs(stochastic=True)}
+    The image features are computed once per batch and shared by the ``2 runs + 1`` chains.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.inference_mode(), eval_mode(model):
+        feats = [model.image_features(x[i:i + batch]).float() for i in range(0, len(x), batch)]
+
+        def acc(**kw) -> float:
+            pred = torch.cat([model.predict_from_features(f, steps=steps, **kw).argmax(-1).cpu()
+                              for f in feats])
+            return float((pred == y.cpu()).float().mean())
+        return {"deterministic_acc": acc(),
+                "random_start_acc": _mean_of_runs(lambda: acc(random_start=True, generator=g), runs),
+                "stochastic_acc": _mean_of_runs(lambda: acc(stochastic=True, generator=g), runs)}
 
 
 def _model_from_checkpoint(path: Path, splits: Callable[[], object] | None = None
