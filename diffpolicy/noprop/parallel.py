@@ -108,7 +108,8 @@ class BlockWorkers:
         """Every rank trains its share for an epoch; ``model`` then holds the merged result.
         ``loss`` is the whole model's (the ranks' losses summed), ``seconds`` counts the whole
         call (starting the helpers, gathering, merging), ``merge_seconds`` the gathering and
-        merging after the last step."""
+        merging after the last step; with ``grad_clip``, ``clipped`` is the mean of the ranks'
+        clipped fractions (each rank counts its blocks and the shared group)."""
         t0 = time.perf_counter()
         if self.procs is None:
             self._start()
@@ -126,8 +127,10 @@ class BlockWorkers:
         self.model.load_state_dict(merged.state_dict())
         self.states = [got["train"] for got in gathered]
         end = time.perf_counter()
+        clip = ({"clipped": sum(got["clipped"] for got in gathered) / self.n}
+                if "clipped" in stats else {})
         return dict(stats, loss=sum(got["loss"] for got in gathered), seconds=end - t0,
-                    merge_seconds=end - t_merge)
+                    merge_seconds=end - t_merge, **clip)
 
     def state_dict(self) -> dict:
         if self.states is None:
@@ -169,8 +172,10 @@ class BlockWorkers:
 
 
 def _epoch_report(runner, stats: dict) -> dict:
-    """What each rank sends rank 0 after an epoch: its share, its training state, its loss."""
-    return {"part": runner.model.state_dict(), "train": runner.state_dict(), "loss": stats["loss"]}
+    """What each rank sends rank 0 after an epoch: its share, its training state, its loss
+    (and with ``grad_clip`` the fraction of its gradient groups clipped)."""
+    return {"part": runner.model.state_dict(), "train": runner.state_dict(), "loss": stats["loss"],
+            **({"clipped": stats["clipped"]} if "clipped" in stats else {})}
 
 
 def _helper(rank: int, world_size: int, init_method: str, model: NoPropDT, cfg, x: torch.Tensor,

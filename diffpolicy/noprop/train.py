@@ -18,6 +18,10 @@ T separate AdamW optimisers.  The head and ``W_embed`` use ``torch.optim.AdamW``
 steps, 0.998 after 5000), updated after every optimiser step; validation, model selection
 and the test then use the average, and the live weights go on training.
 
+``grad_clip=c`` scales each gradient group whose L2 norm exceeds ``c`` down to ``c`` before
+the optimiser step (:func:`clip_gradients`; NoProp-DT clips block by block, so no gradient
+information crosses blocks); each epoch's ``clipped`` is the fraction of groups scaled.
+
 Inference modes (``predict_modes``) are keyword sets for ``model.predict``; a
 mode with ``runs: n`` and ``stochastic: True`` is tested n times with sampling
 seeds ``seed + 2 .. seed + 1 + n`` (mean in ``test_acc``, each run in
@@ -78,6 +82,7 @@ class TrainConfig:
     device: str = "cpu"                        # "cuda" moves model and data (untested here)
     block_workers: int = 1                     # NoProp-DT: blocks split over this many CPU processes
     ema: bool = False                          # validate, select and test a moving average of the weights
+    grad_clip: float | None = None             # max L2 norm of a gradient group (clip_gradients); None: off
 
     def __post_init__(self):
         if self.block_schedule not in BLOCK_SCHEDULES:
@@ -109,6 +114,11 @@ class TrainConfig:
             raise ValueError(f"ema: expected true or false, got {self.ema!r}")
         if self.ema and self.block_workers > 1:
             raise ValueError("ema: the weight average is kept in one process; it needs block_workers=1")
+        if self.grad_clip is not None and (isinstance(self.grad_clip, bool)
+                                           or not isinstance(self.grad_clip, (int, float))
+                                           or not 0 < self.grad_clip < math.inf):
+            raise ValueError(f"grad_clip: expected a positive number (the largest gradient norm) or "
+                             f"null (no clipping), got {self.grad_clip!r}")
 
 
 def autocast(precision: str, device: str = "cpu"):
@@ -240,6 +250,37 @@ def train_step(model: nn.Module, opt: Optimizers, x: torch.Tensor, y: torch.Tens
     return loss
 
 
+@torch.no_grad()
+def clip_gradients(model: nn.Module, max_norm: float) -> tuple[torch.Tensor, int]:
+    """Scale gradients in place so that no group's L2 norm exceeds ``max_norm`` (the rule of
+    ``torch.nn.utils.clip_grad_norm_``: factor ``max_norm / (norm + 1e-6)`` where below 1).
+
+    Groups: for NoProp-DT each block (its slice of every stacked parameter) is one group and
+    the shared parameters (label embedding, head) another, so a block's update never depends
+    on another block's gradient; for every other model all parameters are one group.
+    Returns ``(clipped, groups)``: how many groups were scaled (a 0-d tensor on the
+    gradients' device, read by the caller when it likes) and how many there are."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return torch.zeros(()), 0
+    stack = model.blocks if isinstance(model, NoPropDT) else None
+    in_stack = {id(p) for p in stack.parameters()} if stack is not None else set()
+    rest = [p for p in params if id(p) not in in_stack]
+    clipped, groups = torch.zeros((), device=params[0].device), 0
+    if rest:
+        norm = torch.nn.utils.clip_grad_norm_(rest, max_norm)
+        clipped, groups = clipped + (norm > max_norm), 1
+    stacked = [p for p in params if id(p) in in_stack]
+    if stacked:
+        per_block = [stack.per_block(p.grad) for p in stacked]                # each (n, ...)
+        norms = torch.stack([g.flatten(1).float().pow(2).sum(1) for g in per_block]).sum(0).sqrt()
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)                   # (n,)
+        for g in per_block:
+            g.mul_(scale.to(g.dtype).reshape((-1,) + (1,) * (g.dim() - 1)))
+        clipped, groups = clipped + (norms > max_norm).sum(), groups + stack.n
+    return clipped, groups
+
+
 def epoch_plan(model: nn.Module, n_batches: int, schedule: str, gen: torch.Generator
                ) -> list[list[slice]]:
     """Per pass over the data, the block slice each batch trains (``slice(None)`` = all)."""
@@ -297,7 +338,7 @@ def check_schedule_extends(before: dict, cfg: TrainConfig, done: int, where: str
                      "use another checkpoint path")
 
 
-RESUME_FIXED = ("batch_size", "weight_decay", "optimizer", "augment", "block_schedule", "ema")
+RESUME_FIXED = ("batch_size", "weight_decay", "optimizer", "augment", "block_schedule", "ema", "grad_clip")
 
 
 def check_same_training(before: dict, cfg: TrainConfig, where: str) -> None:
@@ -330,6 +371,7 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimiz
     # the loss is summed where it is computed and read once an epoch (every 20 steps with a
     # progress bar): reading it each step made the host wait for the GPU each step
     steps, loss_sum, t0 = 0, torch.zeros((), dtype=torch.float64, device=x.device), time.perf_counter()
+    clipped, groups = torch.zeros((), device=x.device), 0       # gradient groups clipped, seen
     for blocks_of_batch in plan:
         for (xb, yb), sl in zip(iterate_batches(x, y, cfg.batch_size, True, data_gen), blocks_of_batch):
             if limit is not None and steps >= limit:
@@ -344,6 +386,9 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimiz
             losses["total"].backward()
             if sync is not None:
                 sync(model)
+            if cfg.grad_clip is not None:
+                n_clipped, n_groups = clip_gradients(model, cfg.grad_clip)
+                clipped, groups = clipped + n_clipped.to(clipped.device), groups + n_groups
             lr = scheduled_lr(cfg, epoch + steps / total_steps)
             if lr is not None:
                 opt.set_lr(lr)
@@ -359,7 +404,9 @@ def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: Optimiz
     if bar is not None:
         bar.close()
     loss = float(loss_sum) / max(steps, 1)             # waits for the epoch's last step
-    return {"loss": loss, "seconds": time.perf_counter() - t0, "steps": steps}
+    seconds = time.perf_counter() - t0
+    clip = {"clipped": float(clipped) / max(groups, 1)} if cfg.grad_clip is not None else {}
+    return {"loss": loss, "seconds": seconds, "steps": steps, **clip}
 
 
 class EpochRunner:
@@ -497,7 +544,8 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
             if hasattr(evaluated, "schedule_diagnostics"):  # NoProp-CT: learned gamma(t), loss weight by t
                 stats["schedule"] = evaluated.schedule_diagnostics()
             history.append(stats)
-            log(f"{desc}: epoch {epoch + 1}/{cfg.epochs} loss {stats['loss']:.4f} "
+            clip = f" clipped {100 * stats['clipped']:.1f}%" if "clipped" in stats else ""
+            log(f"{desc}: epoch {epoch + 1}/{cfg.epochs} loss {stats['loss']:.4f}{clip} "
                 f"val {100 * stats['val_acc']:.2f}% ({stats['seconds']:.0f} s)")
             if stats["val_acc"] > best:
                 best, best_state = stats["val_acc"], copy.deepcopy(evaluated.state_dict())

@@ -156,19 +156,26 @@ def _close(a: torch.nn.Module, b: torch.nn.Module, atol: float) -> None:
         torch.testing.assert_close(sa[k], sb[k], atol=atol, rtol=1e-4, msg=lambda m: f"{k}: {m}")
 
 
+def _serial_and_two_workers(cfg: TrainConfig):
+    """``fit`` of one small NoProp-DT under ``cfg`` in one process and with ``block_workers=2``,
+    from the same initial weights: ``data, model kwargs, (serial, result), (parallel, result)``."""
+    data = tiny_splits(n_train=48)
+    kwargs = dict(n_classes=K, T=4, embedding="learned", embed_dim=8, dropout=0.0, image_size=IMG)
+    fitted = []
+    for workers in (1, 2):
+        torch.manual_seed(0)
+        m = NoPropDT(**kwargs)
+        fitted.append((m, fit(m, data, TrainConfig(**{**cfg.__dict__, "block_workers": workers}),
+                              log=lambda *_: None)))
+    return data, kwargs, fitted[0], fitted[1]
+
+
 def test_block_parallel_fit_on_two_gloo_processes_matches_serial(tmp_path):
     """Blocks split over 2 processes, only head and W_embed synced: the model serial fit gives,
     the same validation curve, and a resume from its checkpoint continues the same run."""
-    data = tiny_splits(n_train=48)
-    kwargs = dict(n_classes=K, T=4, embedding="learned", embed_dim=8, dropout=0.0, image_size=IMG)
     # one precision and layout for both (auto could measure a different winner for a worker's share)
     cfg = _cfg(epochs=2, max_steps_per_epoch=3, precision="fp32", layout="fused")
-    torch.manual_seed(0)
-    serial = NoPropDT(**kwargs)
-    res_s = fit(serial, data, cfg, log=lambda *_: None)
-    torch.manual_seed(0)
-    par = NoPropDT(**kwargs)
-    res_p = fit(par, data, TrainConfig(**{**cfg.__dict__, "block_workers": 2}), log=lambda *_: None)
+    data, kwargs, (serial, res_s), (par, res_p) = _serial_and_two_workers(cfg)
     assert par.block_ids == [1, 2, 3, 4] and [h["steps"] for h in res_p["history"]] == [3, 3]
     assert all(h["seconds"] > h["merge_seconds"] > 0 for h in res_p["history"])
     assert [h["val_acc"] for h in res_p["history"]] == [h["val_acc"] for h in res_s["history"]]
@@ -425,3 +432,95 @@ def test_ema_is_a_flag_kept_in_one_process():
         _cfg(ema="yes")
     with pytest.raises(ValueError, match="ema: .*needs block_workers=1"):
         _cfg(ema=True, block_workers=2)
+
+
+def _grad_norm(grads) -> float:
+    return float(torch.sqrt(sum(g.double().pow(2).sum() for g in grads)))
+
+
+def test_clip_gradients_bounds_one_group_for_a_backbone_model():
+    """CT and backprop models: one group, the rule of torch's clip_grad_norm_; a gradient under
+    the bound is left bit for bit."""
+    from diffpolicy.noprop.ct import NoPropCT
+    from diffpolicy.noprop.train import clip_gradients
+    torch.manual_seed(0)
+    m = NoPropCT("cnn", n_classes=K, image_size=IMG, dropout=0.0)
+    x, y = torch.randn(8, 1, IMG, IMG), torch.randint(0, K, (8,))
+    (1e3 * m.loss(x, y)["total"]).backward()
+    grads = [p.grad for p in m.parameters() if p.grad is not None]
+    before = _grad_norm(grads)
+    assert before > 2.0
+    clipped, groups = clip_gradients(m, 2.0)
+    assert (int(clipped), groups) == (1, 1)
+    assert _grad_norm(grads) == pytest.approx(2.0, rel=1e-4)
+    kept = [g.clone() for g in grads]
+    clipped, groups = clip_gradients(m, 10 * before)
+    assert int(clipped) == 0 and all(torch.equal(a, b) for a, b in zip(kept, grads))
+
+
+def test_clip_gradients_clips_noprop_dt_block_by_block():
+    """A block's gradient is scaled by its own norm only (locality): a block with a small gradient
+    is untouched beside one with a large gradient, and the shared parameters are their own group."""
+    from diffpolicy.noprop.train import clip_gradients
+    m = _dt(T=3)
+    stack = m.blocks
+    for p in m.parameters():
+        if p.requires_grad:
+            p.grad = torch.full_like(p, 1e-4)
+    for p in stack.parameters():
+        stack.per_block(p.grad)[1].fill_(1.0)             # block 2 alone has a large gradient
+    shared = m.shared_parameters
+    for p in shared:
+        p.grad.fill_(1.0)
+
+    def block_norms():
+        return [_grad_norm([stack.per_block(p.grad)[b] for p in stack.parameters()]) for b in range(3)]
+
+    small = block_norms()[0]
+    assert small < 0.5 < block_norms()[1]
+    clipped, groups = clip_gradients(m, 0.5)
+    assert (int(clipped), groups) == (2, 4)                # block 2 and the shared group, of 3 + 1
+    norms = block_norms()
+    assert norms[0] == pytest.approx(small, rel=1e-6) and norms[2] == pytest.approx(small, rel=1e-6)
+    assert norms[1] == pytest.approx(0.5, rel=1e-4)
+    assert _grad_norm([p.grad for p in shared]) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_grad_clip_trains_logs_and_is_fixed_for_a_run(tmp_path):
+    """A bound no gradient reaches trains bit for bit as no clipping; a tight one changes the
+    weights and says how often it acted; a run cannot resume under another bound."""
+    data = tiny_splits(n_train=32)
+    quiet = dict(log=lambda *_: None)
+    fixed = dict(max_steps_per_epoch=2, precision="fp32", layout="fused")
+    runs = {}
+    for name, clip in (("off", None), ("loose", 1e9), ("tight", 1e-3)):
+        ck = tmp_path / f"{name}.pt"
+        res = fit(_dt(), data, _cfg(epochs=1, grad_clip=clip, **fixed), checkpoint=ck, **quiet)
+        runs[name] = (res, torch.load(ck, weights_only=False)["model"])
+    assert "clipped" not in runs["off"][0]["history"][0]
+    assert runs["loose"][0]["history"][0]["clipped"] == 0.0
+    assert runs["tight"][0]["history"][0]["clipped"] == 1.0
+    off, loose, tight = (runs[n][1] for n in ("off", "loose", "tight"))
+    assert all(torch.equal(off[k], loose[k]) for k in off)
+    assert not all(torch.equal(off[k], tight[k]) for k in off)
+    keep = (tmp_path / "tight.pt").read_bytes()
+    with pytest.raises(ValueError, match="other settings than this run's.*grad_clip 0.001 there, None here"):
+        fit(_dt(), data, _cfg(epochs=2, **fixed), checkpoint=tmp_path / "tight.pt", **quiet)
+    assert (tmp_path / "tight.pt").read_bytes() == keep
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "1", True])
+def test_grad_clip_must_be_a_positive_number(bad):
+    with pytest.raises(ValueError, match="grad_clip: expected a positive number"):
+        _cfg(grad_clip=bad)
+
+
+def test_grad_clip_with_blocks_split_over_processes_matches_one_process():
+    """Clipping is per block and the shared gradient is all-reduced before it is clipped, so
+    two workers train the model one process does, and report the same clipped fraction."""
+    cfg = _cfg(epochs=1, max_steps_per_epoch=3, precision="fp32", layout="fused", grad_clip=0.05)
+    _, _, (serial, res_s), (par, res_p) = _serial_and_two_workers(cfg)
+    assert 0 < res_s["history"][0]["clipped"] <= 1
+    # each rank counts the shared group, so its weight differs unless all or none are clipped
+    assert res_p["history"][0]["clipped"] == pytest.approx(res_s["history"][0]["clipped"], abs=0.1)
+    _close(par, serial, atol=1e-3)
