@@ -3,7 +3,8 @@
 ``latent_diagnostics(model)`` returns, for the label embedding ``W (K, d)``:
 
 * ``embed_norm_mean``: mean row norm (learned embeddings start at 1);
-* ``min_pair_distance``: the distance between the two closest class embeddings;
+* ``min_pair_distance``: the distance between the two closest class embeddings,
+  ``min_pair_classes`` which two they are;
 * ``head_acc_on_q_zT``: the head's accuracy on ``z_T ~ q(z_T | y)``, the
   latents it is trained on (an upper bound for inference whose chain ends
   in that distribution);
@@ -60,6 +61,7 @@ from diffpolicy.host_copy import randn_like_device
 from diffpolicy.noprop.blocks import CONV_WIDTHS
 from diffpolicy.noprop.ct import NoPropCT
 from diffpolicy.noprop.dt import NoPropDT
+from diffpolicy.noprop.embeddings import closest_classes
 from diffpolicy.noprop.train import accuracy
 from diffpolicy.serialization import safe_load
 from diffpolicy.speed import machine_info
@@ -69,14 +71,14 @@ def _embedding_and_head(model: NoPropDT | NoPropCT, abar_end: torch.Tensor, n_pe
                         g: torch.Generator) -> dict[str, float]:
     """Embedding norms and closest pair; the head's accuracy on ``z ~ q(z_end | y)``."""
     w = model.embed.weight.detach().float().cpu()
-    dist = torch.cdist(w, w).fill_diagonal_(float("inf"))
+    closest = closest_classes(w)
     y = torch.arange(len(w)).repeat(n_per_class)
     abar = abar_end.detach().float().cpu()
     z = abar.sqrt() * w[y] + (1 - abar).sqrt() * torch.randn(len(y), w.shape[1], generator=g)
     weight = model.head.weight                   # the head stays where it is (CPU or GPU)
     acc = (model.head(z.to(weight)).argmax(-1).cpu() == y).float().mean()
-    return {"embed_norm_mean": float(w.norm(dim=1).mean()), "min_pair_distance": float(dist.min()),
-            "head_acc_on_q_zT": float(acc)}
+    return {"embed_norm_mean": float(w.norm(dim=1).mean()), "min_pair_distance": closest["distance"],
+            "min_pair_classes": closest["classes"], "head_acc_on_q_zT": float(acc)}
 
 
 @torch.no_grad()
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.val:
             out[p.stem].update(posterior_diagnostics(model, splits().val_x, splits().val_y))
     for name, d in out.items():
-        print(name, " ".join(f"{k}={v:.4f}" for k, v in d.items()))
+        print(name, " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items()))
     if args.json:                        # the machine beside the checkpoints' names (``*_seed<k>``)
         args.json.write_text(json.dumps({**out, "machine": machine_info()}, indent=1) + "\n")
     return 0

@@ -69,6 +69,23 @@ class LabelEmbedding(nn.Module):
 
 
 @torch.no_grad()
+def closest_classes(weight: torch.Tensor) -> dict:
+    """The two closest class embeddings of ``weight (K, d)``, K >= 2.
+
+    ``{"distance": ||W_i - W_j||, "classes": [i, j]}`` with ``i < j``.  Training logs it each
+    epoch: two learned embeddings drawn together leave the head unable to tell those classes
+    apart in ``z ~ q(z | y)``, whatever the denoiser does.
+    """
+    w = weight.detach().float()
+    if w.ndim != 2 or len(w) < 2:
+        raise ValueError(f"closest_classes: expected a (K >= 2, d) embedding, got shape {tuple(w.shape)}")
+    dist = torch.cdist(w, w).fill_diagonal_(float("inf"))
+    flat = int(dist.argmin())
+    i, j = sorted(divmod(flat, len(w)))
+    return {"distance": float(dist[i, j]), "classes": [i, j]}
+
+
+@torch.no_grad()
 def init_head_as_nearest_embedding(head: nn.Linear, embed_weight: torch.Tensor,
                                    sharpness: float = 10.0) -> None:
     """Start a linear head ``z -> logits`` as the nearest-class-embedding classifier.

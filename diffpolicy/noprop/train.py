@@ -47,6 +47,7 @@ from diffpolicy.host_copy import to_device
 from diffpolicy.noprop import execution
 from diffpolicy.noprop.blocks import StackedPaperBlocks
 from diffpolicy.noprop.dt import NoPropDT
+from diffpolicy.noprop.embeddings import closest_classes
 from diffpolicy.noprop.parallel import BlockWorkers, share
 from diffpolicy.policy.ema import EMA
 from diffpolicy.serialization import safe_load
@@ -543,10 +544,17 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
             stats["epoch"] = epoch + 1
             if hasattr(evaluated, "schedule_diagnostics"):  # NoProp-CT: learned gamma(t), loss weight by t
                 stats["schedule"] = evaluated.schedule_diagnostics()
+            embed = getattr(evaluated, "embed", None)
+            if embed is not None and isinstance(embed.weight, nn.Parameter):   # a learned embedding
+                stats["closest_classes"] = closest_classes(embed.weight)
             history.append(stats)
             clip = f" clipped {100 * stats['clipped']:.1f}%" if "clipped" in stats else ""
+            near = ""
+            if "closest_classes" in stats:
+                near = (" closest classes {}-{} {:.3f} apart".format(*stats["closest_classes"]["classes"],
+                                                                     stats["closest_classes"]["distance"]))
             log(f"{desc}: epoch {epoch + 1}/{cfg.epochs} loss {stats['loss']:.4f}{clip} "
-                f"val {100 * stats['val_acc']:.2f}% ({stats['seconds']:.0f} s)")
+                f"val {100 * stats['val_acc']:.2f}%{near} ({stats['seconds']:.0f} s)")
             if stats["val_acc"] > best:
                 best, best_state = stats["val_acc"], copy.deepcopy(evaluated.state_dict())
             if checkpoint is not None:

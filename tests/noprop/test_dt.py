@@ -262,6 +262,8 @@ def test_latent_diagnostics_read_the_embedding_and_the_head(tmp_path):
     from diffpolicy.noprop.diagnose import main
     assert main([str(path), "--json", str(tmp_path / "diag.json")]) == 0
     written = json.loads((tmp_path / "diag.json").read_text())
+    small_pair = small.pop("min_pair_classes")
+    assert written["ck"].pop("min_pair_classes") == small_pair and len(small_pair) == 2
     assert written["ck"] == pytest.approx(small) and set(written) == {"ck", "machine"}
     assert written["machine"]["cpu_model"] and written["machine"]["torch"] == torch.__version__
 

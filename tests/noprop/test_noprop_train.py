@@ -524,3 +524,27 @@ def test_grad_clip_with_blocks_split_over_processes_matches_one_process():
     # each rank counts the shared group, so its weight differs unless all or none are clipped
     assert res_p["history"][0]["clipped"] == pytest.approx(res_s["history"][0]["clipped"], abs=0.1)
     _close(par, serial, atol=1e-3)
+
+
+def test_closest_classes_names_the_nearest_pair_and_rejects_one_class():
+    from diffpolicy.noprop.embeddings import closest_classes
+    w = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 1.0], [3.0, 0.5]])
+    assert closest_classes(w) == {"distance": 0.5, "classes": [1, 3]}
+    with pytest.raises(ValueError, match=r"closest_classes: expected a \(K >= 2, d\) embedding"):
+        closest_classes(torch.zeros(1, 4))
+
+
+def test_each_epoch_logs_the_closest_learned_class_embeddings_and_not_fixed_ones():
+    """Two learned embeddings drawn together is a failure the log must show while training."""
+    data, logs = tiny_splits(), []
+    cfg = _cfg(max_steps_per_epoch=2)
+    learned = fit(_dt(), data, cfg, log=logs.append)
+    near = learned["history"][0]["closest_classes"]
+    d = torch.cdist(learned_w := _dt().embed.weight.detach(), learned_w)   # the start: orthonormal rows
+    assert near["classes"][0] < near["classes"][1] < K and 0 < near["distance"] < d.max()
+    line = next(m for m in logs if "epoch 1/1" in m)
+    i, j = near["classes"]
+    assert f"closest classes {i}-{j} {near['distance']:.3f} apart" in line
+    torch.manual_seed(0)
+    one_hot = NoPropDT(n_classes=K, T=3, embedding="one_hot", image_size=IMG)
+    assert "closest_classes" not in fit(one_hot, data, cfg, log=lambda *_: None)["history"][0]
