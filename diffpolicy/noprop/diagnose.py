@@ -16,6 +16,9 @@ benchmark records these per NoProp-DT row; for saved checkpoints::
 
     python -m diffpolicy.noprop.diagnose runs/x/checkpoints/*.pt --json diag.json
 
+reads each checkpoint's selected epoch; ``--latest`` its last finished epoch instead (a run
+still training, or one whose selection kept an early epoch).
+
 ``posterior_diagnostics(model, x, y)`` reads block 1's class posterior
 ``p(y | x) = softmax(logits_1(x, z_0))`` with ``z_0 ~ N(0, I)`` (averaged over
 draws), which is the whole model's posterior as the first block sees it:
@@ -162,9 +165,10 @@ def ct_chain_accuracies(model: NoPropCT, x: torch.Tensor, y: torch.Tensor, steps
                 "stochastic_acc": _mean_of_runs(lambda: acc(stochastic=True, generator=g), runs)}
 
 
-def _model_from_checkpoint(path: Path, splits: Callable[[], object] | None = None
-                           ) -> NoPropDT | NoPropCT:
-    """The model of a benchmark checkpoint (its selected epoch's weights).
+def _model_from_checkpoint(path: Path, splits: Callable[[], object] | None = None,
+                           latest: bool = False) -> NoPropDT | NoPropCT:
+    """The model of a benchmark checkpoint: its selected epoch's weights, or with ``latest``
+    its last finished epoch's (a run still training, or one whose selection kept an early epoch).
 
     NoProp-DT is rebuilt from the weights' shapes; NoProp-CT from the row it ran
     (``<out_dir>/rows/<row>_seed<k>.json`` once finished, else the benchmark's
@@ -172,7 +176,9 @@ def _model_from_checkpoint(path: Path, splits: Callable[[], object] | None = Non
     splits, which ``splits()`` returns (called only for CT).
     """
     ck = safe_load(path, "NoProp checkpoint")
-    state = ck["best_state"] or ck["model"]
+    state = ck["model"] if latest else ck["best_state"] or ck["model"]
+    if state is None:
+        raise ValueError(f"{path}: no {'latest' if latest else 'selected'} weights in this checkpoint")
     if "schedule.w1" in state:
         from diffpolicy.noprop.bench import build_model
         model = build_model(_benchmark_row(path), splits())
@@ -213,12 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val", action="store_true",
                     help="also the chain's accuracy on the validation split (NoProp-DT: and block 1's "
                          "posterior; NoProp-CT: in three inference modes)")
+    ap.add_argument("--latest", action="store_true",
+                    help="read the last finished epoch's weights instead of the selected epoch's")
     ap.add_argument("--data-root", default=None, help="Fashion-MNIST IDX folder (default: the Debian one)")
     args = ap.parse_args(argv)
     splits = functools.cache(lambda: fashion_mnist_splits(args.data_root))   # read once, if needed
     out = {}
     for p in args.checkpoints:
-        model = _model_from_checkpoint(p, splits)
+        model = _model_from_checkpoint(p, splits, latest=args.latest)
         if isinstance(model, NoPropCT):
             out[p.stem] = ct_diagnostics(model, splits().val_x, splits().val_y)
             if args.val:

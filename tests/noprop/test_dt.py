@@ -258,6 +258,13 @@ def test_latent_diagnostics_read_the_embedding_and_the_head(tmp_path):
     path = tmp_path / "ck.pt"
     torch.save({"best_state": learned.state_dict(), "model": None}, path)
     assert latent_diagnostics(_model_from_checkpoint(path)) == small
+    with pytest.raises(ValueError, match="no latest weights in this checkpoint"):
+        _model_from_checkpoint(path, latest=True)
+    both = tmp_path / "both.pt"                 # selected: the shrunken model; latest: one-hot
+    one_hot_28 = NoPropDT(n_classes=K, T=10, embedding="one_hot", image_size=28)
+    torch.save({"best_state": learned.state_dict(), "model": one_hot_28.state_dict()}, both)
+    assert latent_diagnostics(_model_from_checkpoint(both)) == small
+    assert latent_diagnostics(_model_from_checkpoint(both, latest=True)) == latent_diagnostics(one_hot_28)
     # the CLI writes them by checkpoint name, with the machine that read them
     from diffpolicy.noprop.diagnose import main
     assert main([str(path), "--json", str(tmp_path / "diag.json")]) == 0
