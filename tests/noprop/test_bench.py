@@ -9,6 +9,7 @@ import pytest
 from diffpolicy.noprop.bench import (build_model, markdown_table, restore_rows, row_train_config, run_table,
                                      summarise, write_report)
 from diffpolicy.noprop.cli import load_config, main
+from diffpolicy.noprop.train import TrainConfig
 
 
 def test_configs_compose_and_name_every_table_row():
@@ -22,6 +23,18 @@ def test_configs_compose_and_name_every_table_row():
     assert [r["name"] for r in quick["rows"]] == names
     with pytest.raises(SystemExit, match="no NoProp config 'nope'"):
         load_config("nope")
+
+
+def test_every_shared_training_setting_is_in_the_config_and_overridable():
+    """A TrainConfig field missing from bench.yaml cannot be set as ``train.<key>=...``."""
+    per_row = {"epochs", "seed", "predict_modes", "val_overrides"}   # set from the row and seeds
+    shared = set(load_config("bench")["train"])
+    assert set(TrainConfig.__dataclass_fields__) - per_row <= shared
+    long = load_config("gpu_long", ["train.grad_clip=1", "train.optimizer=adam"])
+    ct = next(r for r in long["rows"] if r["name"] == "noprop-ct-resnet50-adamw")
+    tc = row_train_config(ct, long["train"], 0)
+    assert tc.grad_clip == 1 and tc.optimizer == "adamw"           # the row's own optimiser wins
+    assert row_train_config(long["rows"][0], long["train"], 0).optimizer == "adam"
 
 
 def test_row_settings_reach_the_models():
