@@ -549,10 +549,9 @@ def fit(model: nn.Module, data: FMNISTSplits, cfg: TrainConfig, checkpoint: Path
                 stats["closest_classes"] = closest_classes(embed.weight)
             history.append(stats)
             clip = f" clipped {100 * stats['clipped']:.1f}%" if "clipped" in stats else ""
-            near = ""
-            if "closest_classes" in stats:
-                near = (" closest classes {}-{} {:.3f} apart".format(*stats["closest_classes"]["classes"],
-                                                                     stats["closest_classes"]["distance"]))
+            pair = stats.get("closest_classes")
+            near = (f" closest classes {pair['classes'][0]}-{pair['classes'][1]} {pair['distance']:.3f} apart"
+                    if pair else "")
             log(f"{desc}: epoch {epoch + 1}/{cfg.epochs} loss {stats['loss']:.4f}{clip} "
                 f"val {100 * stats['val_acc']:.2f}%{near} ({stats['seconds']:.0f} s)")
             if stats["val_acc"] > best:

@@ -538,10 +538,13 @@ def test_each_epoch_logs_the_closest_learned_class_embeddings_and_not_fixed_ones
     """Two learned embeddings drawn together is a failure the log must show while training."""
     data, logs = tiny_splits(), []
     cfg = _cfg(max_steps_per_epoch=2)
-    learned = fit(_dt(), data, cfg, log=logs.append)
-    near = learned["history"][0]["closest_classes"]
-    d = torch.cdist(learned_w := _dt().embed.weight.detach(), learned_w)   # the start: orthonormal rows
-    assert near["classes"][0] < near["classes"][1] < K and 0 < near["distance"] < d.max()
+    model = _dt()
+    near = fit(model, data, cfg, log=logs.append)["history"][0]["closest_classes"]
+    w = model.embed.weight.detach()                      # epoch 1's weights (the selected epoch)
+    assert not torch.equal(w, _dt().embed.weight.detach())                # trained, not the start
+    pairs = {(i, j): float((w[i] - w[j]).norm()) for i in range(K) for j in range(i + 1, K)}
+    (bi, bj), best = min(pairs.items(), key=lambda kv: kv[1])
+    assert near["classes"] == [bi, bj] and near["distance"] == pytest.approx(best, rel=1e-5)
     line = next(m for m in logs if "epoch 1/1" in m)
     i, j = near["classes"]
     assert f"closest classes {i}-{j} {near['distance']:.3f} apart" in line
